@@ -1,0 +1,287 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from qcore_bench.models import build
+from qcore_bench.models.resnet import resnet8
+from qcore_bench.quant import (
+    LSQ,
+    QConv2d,
+    QLinear,
+    bits_supported,
+    calibrate,
+    param_groups,
+    quantize_model,
+    quantizers,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+@pytest.fixture(scope="module")
+def fp_model() -> nn.Module:
+    return build(resnet8, 10, 3, gen(0)).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(8, 3, 16, 16, generator=gen(1))
+
+
+def test_bits_supported():
+    assert [b for b in range(0, 40) if bits_supported(b)] == [2, 3, 4, 5, 6, 7, 8, 32]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("signed", [True, False])
+def test_forward_is_on_the_clamped_grid(bits, signed):
+    quant = LSQ(bits, signed=signed, per_sample=False)
+    qn, qp = qrange(bits, signed)
+    s = 0.1
+    with torch.no_grad():
+        quant.step.fill_(s)
+        quant.initialized.fill_(True)
+    x = torch.linspace(qn * s - 1, qp * s + 1, 5000)
+    out = quant(x).detach()
+    codes = out / s
+    assert torch.allclose(codes, codes.round(), atol=1e-4)
+    assert codes.min() >= qn - 1e-4 and codes.max() <= qp + 1e-4
+    # Inputs beyond the range saturate at its ends, and every grid point is reachable.
+    assert torch.allclose(codes[x < qn * s], torch.tensor(float(qn)))
+    assert torch.allclose(codes[x > qp * s], torch.tensor(float(qp)))
+    assert codes.round().unique().numel() == qp - qn + 1
+    # Inside the range the output is the nearest grid point.
+    inside = (x / s > qn) & (x / s < qp)
+    assert torch.all((out - x)[inside].abs() <= s / 2 + 1e-5)
+
+
+def test_bits_32_is_identity():
+    quant = LSQ(32, signed=False, per_sample=True)
+    x = torch.randn(4, 5, generator=gen())
+    assert quant(x) is x
+    assert list(quant.parameters()) == []
+    assert bool(quant.initialized)
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (4, False), (8, True)])
+def test_step_initialised_once_from_first_batch(bits, signed):
+    quant = LSQ(bits, signed=signed, per_sample=True)
+    assert not bool(quant.initialized)
+    x = torch.randn(6, 10, generator=gen())
+    quant.eval()  # initialisation happens in any mode
+    quant(x)
+    _, qp = qrange(bits, signed)
+    expected = 2 * x.abs().mean() / math.sqrt(qp)
+    assert torch.isclose(quant.step.detach(), expected)
+    assert bool(quant.initialized)
+    quant.train()
+    quant(10 * x)
+    assert torch.isclose(quant.step.detach(), expected)
+    assert "initialized" in quant.state_dict()
+
+
+def test_all_zero_first_batch_gives_positive_step():
+    quant = LSQ(4, signed=False, per_sample=False)
+    out = quant(torch.zeros(10))
+    assert quant.step.item() > 0
+    assert torch.all(torch.isfinite(out))
+
+
+def reference_grads(x, grad_out, s, qn, qp, n):
+    """Analytic LSQ gradients (Esser et al., eq. 3 with the 1/sqrt(N*Qp) scale)."""
+    v = x / s
+    below, above = v < qn, v > qp
+    inside = ~below & ~above
+    dq_ds = torch.where(below, float(qn), torch.where(above, float(qp), torch.round(v) - v))
+    g = 1 / math.sqrt(n * qp)
+    return grad_out * inside, g * (grad_out * dq_ds).sum()
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, False), (4, True), (8, False)])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_gradients_match_analytic_lsq(bits, signed, per_sample):
+    qn, qp = qrange(bits, signed)
+    quant = LSQ(bits, signed=signed, per_sample=per_sample).double()
+    s = 0.25
+    with torch.no_grad():
+        quant.step.fill_(s)
+        quant.initialized.fill_(True)
+    # Values below, inside and above the range, kept away from rounding/clamp boundaries.
+    grid = torch.arange(qn, qp, dtype=torch.double)
+    codes = torch.cat([
+        torch.tensor([qn - 2.3, qn - 0.6], dtype=torch.double),
+        grid + 0.3,
+        grid + 0.8,
+        torch.tensor([qp + 0.4, qp + 3.1], dtype=torch.double),
+    ])
+    x = (codes * s).reshape(2, -1).requires_grad_()
+    grad_out = torch.randn(x.shape, generator=gen(), dtype=torch.double)
+    quant(x).backward(grad_out)
+    n = x.shape[1] if per_sample else x.numel()
+    gx, gs = reference_grads(x.detach(), grad_out, s, qn, qp, n)
+    assert torch.allclose(x.grad, gx)
+    assert torch.allclose(quant.step.grad, gs)
+
+
+def block_convs(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != "conv1"}
+
+
+def test_quantize_model_fp_first_last(fp_model):
+    q = quantize_model(fp_model, 4, 3)
+    assert type(q.conv1) is nn.Conv2d and type(q.fc) is nn.Linear
+    convs = block_convs(q)
+    assert len(convs) == 8  # 3 blocks x 2 convs + 2 shortcuts
+    for name, m in convs.items():
+        assert isinstance(m, QConv2d), name
+        assert (m.w_bits, m.a_bits) == (4, 3)
+        assert m.weight_quant.bits == 4 and m.weight_quant.signed
+        assert m.act_quant.bits == 3 and not m.act_quant.signed
+        assert "w_bits=4, a_bits=3" in repr(m)
+    assert q.quant_policy == {
+        "w_bits": 4, "a_bits": 3, "first_last": "fp", "quantize_downsample": True
+    }
+
+
+def test_quantize_model_8bit_first_last(fp_model):
+    q = quantize_model(fp_model, 2, 2, first_last="8bit")
+    assert isinstance(q.conv1, QConv2d) and isinstance(q.fc, QLinear)
+    assert (q.conv1.w_bits, q.conv1.a_bits, q.fc.w_bits, q.fc.a_bits) == (8, 8, 8, 8)
+    assert q.conv1.act_quant.signed and not q.fc.act_quant.signed
+    assert all(m.w_bits == 2 and m.a_bits == 2 for m in block_convs(q).values())
+
+
+def test_quantize_downsample_false_keeps_shortcuts_fp(fp_model):
+    q = quantize_model(fp_model, 4, 4, quantize_downsample=False)
+    for name, m in block_convs(q).items():
+        assert isinstance(m, QConv2d) == ("shortcut" not in name), name
+    assert q.quant_policy["quantize_downsample"] is False
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 4), (9, 4), (4, 1), (4, 16)])
+def test_unsupported_bits_raise(fp_model, w_bits, a_bits):
+    with pytest.raises(ValueError, match="supported: 2..8 or 32"):
+        quantize_model(fp_model, w_bits, a_bits)
+
+
+def test_bad_first_last_and_double_quantization_raise(fp_model):
+    with pytest.raises(ValueError):
+        quantize_model(fp_model, 4, 4, first_last="int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(quantize_model(fp_model, 4, 4), 4, 4)
+
+
+def test_original_model_untouched(fp_model, images):
+    before = {k: v.clone() for k, v in fp_model.state_dict().items()}
+    y_before = fp_model(images)
+    q = quantize_model(fp_model, 2, 2, first_last="8bit")
+    calibrate(q, images)
+    q.train()
+    q(images).sum().backward()
+    assert not any(isinstance(m, (QConv2d, QLinear)) for m in fp_model.modules())
+    assert all(torch.equal(before[k], v) for k, v in fp_model.state_dict().items())
+    assert torch.equal(fp_model(images), y_before)
+    assert all(p.grad is None for p in fp_model.parameters())
+
+
+def test_quantize_does_not_touch_global_rng(fp_model):
+    state = torch.get_rng_state()
+    quantize_model(fp_model, 4, 4, first_last="8bit")
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_w8a8_close_to_fp_and_w2_is_not(fp_model, images):
+    y = fp_model(images)
+    q8 = quantize_model(fp_model, 8, 8, first_last="8bit")
+    calibrate(q8, images)
+    q2 = quantize_model(fp_model, 2, 2)
+    calibrate(q2, images)
+    assert relative_error(q8(images), y) < 0.1
+    assert relative_error(q2(images), y) > 0.3
+
+
+def test_w32a32_matches_fp(fp_model, images):
+    q = quantize_model(fp_model, 32, 32)
+    assert list(quantizers(q)) == []
+    assert torch.allclose(q(images), fp_model(images), atol=1e-5)
+
+
+def test_calibrate_initialises_all_and_keeps_bn_stats(fp_model, images):
+    q = quantize_model(fp_model, 4, 4, first_last="8bit")
+    q.train()
+    q.layer1[0].bn1.eval()  # mixed modes must be restored exactly
+    n_quant = len(list(quantizers(q)))
+    assert n_quant == 2 * 10  # 8 block convs + stem + fc, each with W and A quantizers
+    assert not any(bool(m.initialized) for m in quantizers(q))
+    bn_before = {k: v.clone() for k, v in q.state_dict().items() if "running" in k}
+    calibrate(q, images)
+    assert all(bool(m.initialized) for m in quantizers(q))
+    assert all(torch.equal(bn_before[k], q.state_dict()[k]) for k in bn_before)
+    assert q.training and not q.layer1[0].bn1.training and q.layer1[0].bn2.training
+    # A train-mode forward would have changed them, so the check above can fail.
+    q(images)
+    assert not all(torch.equal(bn_before[k], q.state_dict()[k]) for k in bn_before)
+
+
+def test_calibrate_reinitialises_from_given_batch():
+    layer = QLinear.from_float(nn.Linear(5, 3), 4, 4)
+    x = torch.rand(8, 5, generator=gen())
+    layer(100 * x)
+    calibrate(layer, x)
+    assert torch.isclose(layer.act_quant.step.detach(), 2 * x.mean() / math.sqrt(15))
+
+
+def test_calibrate_raises_for_unreached_quantizer(images):
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = QLinear.from_float(nn.Linear(3, 2), 4, 4)
+            self.unused = QLinear.from_float(nn.Linear(2, 2), 4, 4)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(RuntimeError, match="unused"):
+        calibrate(Partial(), torch.rand(4, 3, generator=gen()))
+
+
+def test_from_float_copies_layer():
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=True)
+    q = QConv2d.from_float(conv, 32, 32)
+    assert torch.equal(q.weight, conv.weight) and torch.equal(q.bias, conv.bias)
+    assert (q.stride, q.padding, q.kernel_size) == (conv.stride, conv.padding, conv.kernel_size)
+    x = torch.randn(2, 3, 8, 8, generator=gen())
+    assert torch.allclose(q(x), conv(x))
+    q.weight.data.zero_()
+    assert conv.weight.abs().sum() > 0  # a copy, not shared storage
+
+
+def test_param_groups_split(fp_model):
+    q = quantize_model(fp_model, 4, 4, first_last="8bit")
+    groups = param_groups(q, 5e-4)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    free = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    names = {id(p): n for n, p in q.named_parameters()}
+    assert decayed.isdisjoint(free) and decayed | free == set(names)
+    assert all(g["weight_decay"] == 5e-4 for g in groups if g["weight_decay"] > 0)
+    weights = {
+        f"{n}.weight" for n, m in q.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+    assert {names[i] for i in decayed} == weights
+    assert any(names[i].endswith("step") for i in free)
+    assert any(names[i] == "fc.bias" for i in free)
+    torch.optim.SGD(groups, lr=0.1)  # accepted by an optimizer as-is
