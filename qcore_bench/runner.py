@@ -1,0 +1,182 @@
+"""run_cell: the QAT epoch loop with the selection schedule, checkpointed every epoch.
+
+Data and label noise -> teacher (FP, cached) -> student (LSQ QAT, from the teacher's
+weights, step sizes initialised before the first selection) -> every epoch: select if
+due, train on the subset, evaluate on the full test set, checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data import ImageData, apply_label_noise, normalize
+from .quant import calibrate, quantize_model
+from .registry import registry
+from .seeding import make_generator
+from .selection import SelectionContext, compute_outputs, validate_selection
+from .store import Store
+from .suite import Cell, DatasetSpec
+from .teacher import get_teacher
+from .training import DeviceData, evaluate, kd_loss, make_optimizer, make_scheduler, train_epoch
+
+EpochCallback = Callable[[int, int, float], None]  # (epoch, total_epochs, test_acc)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Settings that change where and how fast a cell runs, never its numbers."""
+
+    device: torch.device
+    cache_dir: Path
+    eval_batch_size: int = 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(spec_json: str, root: str | None, cache_dir: Path) -> ImageData:
+    spec = DatasetSpec.model_validate_json(spec_json)
+    return registry("datasets").get(spec.name)(root, cache_dir, **spec.params)
+
+
+def load_data(spec: DatasetSpec, cache_dir: Path) -> ImageData:
+    """The data set of a spec, loaded once per process."""
+    return _load_data(json.dumps({"name": spec.name, "params": spec.params}, sort_keys=True), spec.root, cache_dir)
+
+
+def provenance() -> dict[str, Any]:
+    return {"qcore_bench": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "host": socket.gethostname(), "time": time.time()}
+
+
+def run_cell(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Run (or resume) one cell to completion and store its result; returns the result."""
+    store.begin(cell, provenance())
+    try:
+        return _run(cell, store, rt, on_epoch)
+    except KeyboardInterrupt:
+        store.interrupt(cell.id)  # resumable from its last checkpoint
+        raise
+
+
+def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) -> dict[str, Any]:
+    dev = rt.device
+    data = load_data(cell.dataset, rt.cache_dir)
+    labels, noise_mask = apply_label_noise(data.train_y, data.num_classes, cell.noise.kind, cell.noise.rate,
+                                           make_generator(cell.seed, "label-noise"))
+    ddata = DeviceData.from_data(data, dev)
+    labels_dev, n = labels.to(dev), len(labels)
+
+    teacher, tinfo = get_teacher(cell, ddata, labels_dev, data.num_classes, data.in_channels,
+                                 rt.cache_dir, rt.eval_batch_size)
+    student = quantize_model(teacher, cell.w_bits, cell.a_bits, first_last=cell.quant.first_last,
+                             quantize_downsample=cell.quant.quantize_downsample)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    first = torch.randperm(n, generator=make_generator(cell.seed, "calibrate"))[: cell.train.batch_size]
+    calibrate(student, normalize(ddata.train_x[first.to(dev)], data.mean, data.std))
+
+    opt = make_optimizer(student, cell.train)
+    sched = make_scheduler(opt, cell.train)
+    selector = registry("selectors").get(cell.method.selector)(**cell.method.params)
+    kd = cell.train.kd
+    teacher_outputs: dict[str, Any] = {}
+
+    def outputs_of(model: torch.nn.Module) -> Callable[[], Any]:
+        return lambda: compute_outputs(model, lambda: ddata.batches(ddata.train_x, rt.eval_batch_size))
+
+    def teacher_out() -> Any:  # the teacher is frozen: once per run
+        if "out" not in teacher_outputs:
+            teacher_outputs["out"] = outputs_of(teacher)()
+        return teacher_outputs["out"]
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = kd_loss(logits, t_logits, kd.temperature)
+        return loss + kd.hard_weight * F.cross_entropy(logits, y, reduction="none") if kd.hard_weight else loss
+
+    state = store.load_checkpoint(cell.id)
+    if state is None:
+        state = {"epoch": 0, "history": [], "subset": None, "weights": None, "seen": torch.zeros(n, dtype=torch.bool),
+                 "selection_seconds": 0.0, "train_seconds": 0.0, "selections": 0, "samples": 0,
+                 "noisy_selected": []}
+    else:
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+
+    total = cell.train.epochs
+    for epoch in range(state["epoch"], total):
+        line: dict[str, Any] = {"epoch": epoch}
+        if selector.due(epoch):
+            start = time.perf_counter()
+            ctx = SelectionContext(epoch=epoch, total_epochs=total, fraction=cell.fraction, labels=labels,
+                                   num_classes=data.num_classes, balanced=cell.selection.balanced,
+                                   student=student, teacher=teacher,
+                                   output_fns={"student": outputs_of(student), "teacher": teacher_out},
+                                   generator=make_generator(cell.seed, "select", epoch), device=dev, seed=cell.seed)
+            sel = validate_selection(selector.select(ctx), n=n, budget=ctx.budget, name=cell.method.name,
+                                     variable_budget=selector.variable_budget)
+            seconds = time.perf_counter() - start
+            noisy = float(noise_mask[sel.indices].float().mean())
+            state.update(subset=sel.indices, weights=sel.weights, selections=state["selections"] + 1,
+                         selection_seconds=state["selection_seconds"] + seconds)
+            state["seen"][sel.indices] = True
+            state["noisy_selected"].append(noisy)
+            line.update(selected=len(sel.indices), selected_noisy_frac=noisy, selection_seconds=seconds,
+                        forward_seconds=ctx.forward_seconds, **ctx.metrics)
+        start = time.perf_counter()
+        line["lr"] = opt.param_groups[0]["lr"]
+        line["train_loss"] = train_epoch(
+            student, opt, ddata, labels_dev, state["subset"], batch_size=cell.train.batch_size,
+            augmented=cell.train.augment, generator=make_generator(cell.seed, "train", epoch),
+            weights=state["weights"], per_sample_loss=loss_fn if kd.enabled else None)
+        sched.step()
+        state["train_seconds"] += time.perf_counter() - start
+        state["samples"] += len(state["subset"])
+        line["test_acc"], line["test_loss"] = evaluate(student, ddata, rt.eval_batch_size)
+        state["history"].append(line)
+        state.update(epoch=epoch + 1, model=student.state_dict(), optimizer=opt.state_dict(),
+                     scheduler=sched.state_dict())
+        store.save_checkpoint(cell.id, state, line)
+        store.heartbeat(cell.id)
+        if on_epoch:
+            on_epoch(epoch, total, line["test_acc"])
+
+    hist = state["history"]
+    result = {
+        "final_acc": hist[-1]["test_acc"],
+        "best_acc_over_epochs": max(h["test_acc"] for h in hist),
+        "epochs": total,
+        "selections": state["selections"],
+        "selection_seconds": state["selection_seconds"],
+        "train_seconds": state["train_seconds"],
+        "samples_trained": state["samples"],
+        "distinct_samples_seen": int(state["seen"].sum()),
+        "train_size": n,
+        "noisy_in_train": int(noise_mask.sum()),
+        "noisy_selected_frac_mean": float(np.mean(state["noisy_selected"])),
+        "teacher": {"key": tinfo.key, "test_acc": tinfo.test_acc, "seconds": tinfo.seconds,
+                    "samples": tinfo.samples, "cached": tinfo.cached},
+        "quant_policy": student.quant_policy,
+        "device": str(dev),
+    }
+    store.finish(cell.id, result)
+    return result

@@ -1,0 +1,200 @@
+"""The selector plugin contract: Selector, SelectionContext, Selection.
+
+This is qcore-bench's public API for new selectors. A selector reads a
+``SelectionContext`` (everything it may see, nothing it may change) and returns a
+``Selection``; the runner checks the selection before training on it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+
+class SelectionError(ValueError):
+    """A selector returned something the runner cannot train on."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A model's eval-mode outputs over the whole (un-augmented) training set."""
+
+    logits: torch.Tensor  # [n, classes]
+    features: torch.Tensor  # [n, d], penultimate layer
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(dim=1)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The training subset for the next epochs; weights and scores are optional extras."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+
+
+class Selector:
+    """Base class of every selector.
+
+    ``adaptive = False``: chosen once before epoch 0. ``adaptive = True``: chosen again
+    every ``every`` epochs. ``uses_fraction = False`` marks selectors (``full``) that
+    ignore the kept-fraction axis of a suite. ``variable_budget = True`` lets a
+    selector return fewer or more than ``ctx.budget`` samples.
+    """
+
+    adaptive: ClassVar[bool] = False
+    uses_fraction: ClassVar[bool] = True
+    variable_budget: ClassVar[bool] = False
+
+    def __init__(self, every: int = 10) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+
+    def due(self, epoch: int) -> bool:
+        """Whether the runner must call ``select`` before training epoch ``epoch``."""
+        return epoch == 0 or (self.adaptive and epoch % self.every == 0)
+
+    def select(self, ctx: "SelectionContext") -> Selection:
+        raise NotImplementedError
+
+
+def class_budgets(labels: torch.Tensor, num_classes: int, budget: int, generator: torch.Generator) -> torch.Tensor:
+    """Split ``budget`` over classes in proportion to their sizes, summing exactly to it.
+
+    Largest-remainder apportionment; equal remainders are ordered by the generator,
+    never by class index.
+    """
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    quota = counts * budget / counts.sum()
+    base = quota.floor().long()
+    short = budget - int(base.sum())
+    if short > 0:
+        order = torch.randperm(num_classes, generator=generator)
+        rema = (quota - base)[order]
+        # stable sort keeps the random order among equal remainders
+        picks = order[torch.sort(rema, descending=True, stable=True).indices[:short]]
+        base[picks] += 1
+    return torch.minimum(base, counts.long())
+
+
+def top_k(scores: torch.Tensor, k: int | torch.Tensor, generator: torch.Generator, *,
+          labels: torch.Tensor | None = None, largest: bool = True) -> torch.Tensor:
+    """Indices of the ``k`` best scores, per class when ``labels`` is given.
+
+    ``k`` is an int, or a per-class tensor of budgets with ``labels``. Ties are broken
+    by a random permutation from ``generator``, not by position. Two stable sorts, no
+    Python loop over samples or classes.
+    """
+    n = scores.numel()
+    perm = torch.randperm(n, generator=generator).to(scores.device)
+    by_score = perm[torch.sort(scores[perm], descending=largest, stable=True).indices]
+    if labels is None:
+        return by_score[: int(k)]
+    ks = torch.as_tensor(k, device=scores.device)
+    lab = labels.to(scores.device)[by_score]
+    grouped = torch.sort(lab, stable=True)
+    starts = torch.searchsorted(grouped.values, grouped.values, right=False)
+    rank = torch.arange(n, device=scores.device) - starts
+    keep = rank < ks[grouped.values]
+    return by_score[grouped.indices[keep]]
+
+
+@torch.no_grad()
+def compute_outputs(model: nn.Module, batches: Callable[[], Iterator[torch.Tensor]]) -> Outputs:
+    """One streamed eval-mode forward pass: the cost floor of a score-based selector."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    try:
+        for x in batches():
+            f = model.features(x)
+            feats.append(f)
+            logits.append(model.fc(f))
+    finally:
+        model.train(was_training)
+    return Outputs(torch.cat(logits).float(), torch.cat(feats).float())
+
+
+class SelectionContext:
+    """What a selector may read at one selection call."""
+
+    def __init__(self, *, epoch: int, total_epochs: int, fraction: float, labels: torch.Tensor,
+                 num_classes: int, balanced: bool, student: nn.Module, teacher: nn.Module,
+                 output_fns: dict[str, Callable[[], Outputs]], generator: torch.Generator,
+                 device: torch.device, seed: int) -> None:
+        self.epoch = epoch
+        self.total_epochs = total_epochs
+        self.fraction = fraction
+        self._labels = labels
+        self.num_classes = num_classes
+        self.balanced = balanced
+        self.student = student
+        self.teacher = teacher
+        self.generator = generator
+        self.device = device
+        self.seed = seed
+        self._output_fns = output_fns
+        self._outputs: dict[str, Outputs] = {}
+        self.metrics: dict[str, float] = {}
+        self.budget = max(1, round(fraction * len(labels)))
+        self.class_budgets = class_budgets(labels, num_classes, self.budget, generator) if balanced else None
+        if self.class_budgets is not None:
+            self.budget = int(self.class_budgets.sum())
+        self.forward_seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels training sees (noisy where noise was injected); a copy."""
+        return self._labels.clone()
+
+    def outputs(self, which: str) -> Outputs:
+        """Outputs of "student" or "teacher" on the un-augmented training set, computed once."""
+        if which not in self._output_fns:
+            raise KeyError(f"outputs('{which}'): expected one of {sorted(self._output_fns)}")
+        if which not in self._outputs:
+            start = time.perf_counter()
+            self._outputs[which] = self._output_fns[which]()
+            self.forward_seconds += time.perf_counter() - start
+        return self._outputs[which]
+
+    def top_k(self, scores: torch.Tensor, largest: bool = True) -> torch.Tensor:
+        """The budgeted selection by score: per class when balanced, seeded tie-breaking."""
+        if self.balanced:
+            return top_k(scores, self.class_budgets, self.generator, labels=self._labels, largest=largest)
+        return top_k(scores, self.budget, self.generator, largest=largest)
+
+    def log(self, **metrics: float) -> None:
+        """Record selector statistics into this epoch's history line."""
+        self.metrics.update({k: float(v) for k, v in metrics.items()})
+
+
+def validate_selection(sel: object, *, n: int, budget: int, name: str, variable_budget: bool) -> Selection:
+    """Check a selector's answer; the error names the selector and what was wrong."""
+    if not isinstance(sel, Selection):
+        raise SelectionError(f"selector '{name}' returned {type(sel).__name__}, expected a Selection")
+    idx = sel.indices
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+        raise SelectionError(f"selector '{name}': indices must be a 1-D integer tensor")
+    if idx.numel() == 0:
+        raise SelectionError(f"selector '{name}' selected no samples")
+    if int(idx.min()) < 0 or int(idx.max()) >= n:
+        raise SelectionError(f"selector '{name}': indices out of range [0, {n})")
+    if torch.unique(idx).numel() != idx.numel():
+        raise SelectionError(f"selector '{name}': indices are not unique")
+    if not variable_budget and idx.numel() != budget:
+        raise SelectionError(f"selector '{name}' selected {idx.numel()} samples, budget is {budget}")
+    if sel.weights is not None and sel.weights.shape != idx.shape:
+        raise SelectionError(f"selector '{name}': weights must have one value per selected index")
+    return Selection(idx.long().cpu(), None if sel.weights is None else sel.weights.float().cpu(),
+                     None if sel.scores is None else sel.scores.float().cpu())

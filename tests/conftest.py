@@ -1,0 +1,37 @@
+"""Shared fixtures: a private cache folder, and a tiny suite that trains in seconds on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "name": "tiny",
+    "train": {"epochs": 4, "batch_size": 32, "lr": 0.05},
+    "teacher": {"epochs": 3, "batch_size": 32},
+    "grid": {
+        "dataset": {"name": "synthetic", "params": {"n_train": 256, "n_test": 128, "num_classes": 4}},
+        "model": "resnet8",
+        "bits": ["2/32"],
+        "fraction": [0.25],
+        "noise": [0.2],
+        "method": ["full", "random", {"name": "acs", "params": {"every": 2}}],
+        "seed": [0],
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "qcore-cache"
+    monkeypatch.setenv("QCORE_CACHE", str(cache))
+    return cache
+
+
+def write_suite(path: Path, data: dict | None = None, **grid: object) -> Path:
+    suite = {**TINY, **(data or {})}
+    suite["grid"] = {**suite["grid"], **grid}
+    path.write_text(yaml.safe_dump(suite))
+    return path
