@@ -70,6 +70,11 @@ class LSQ(nn.Module):
         else:
             self.step = nn.Parameter(torch.ones((), device=device, dtype=dtype))
         self.register_buffer("initialized", torch.tensor(bits == 32, device=device))
+        self._ready = bits == 32  # host-side copy of `initialized`: no device sync per forward
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # re-read the loaded buffer on the next forward
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -77,6 +82,7 @@ class LSQ(nn.Module):
         if self.step is not None:
             self.step.fill_(1.0)
         self.initialized.fill_(self.bits == 32)
+        self._ready = self.bits == 32
 
     @torch.no_grad()
     def _init_step(self, x: torch.Tensor) -> None:
@@ -87,8 +93,10 @@ class LSQ(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bits == 32:
             return x
-        if not bool(self.initialized):
-            self._init_step(x)
+        if not self._ready:
+            if not bool(self.initialized):
+                self._init_step(x)
+            self._ready = True
         n = x[0].numel() if self.per_sample else x.numel()
         s = grad_scale(self.step, 1.0 / math.sqrt(n * self.qp))
         return round_ste(torch.clamp(x / s, self.qn, self.qp)) * s

@@ -42,7 +42,8 @@ def group_table(df: pd.DataFrame) -> pd.DataFrame:
     """Methods (full first, in suite order otherwise) x fractions for one group."""
     fractions = sorted(df.loc[~df.full, "fraction"].unique()) or [1.0]
     expected = df["seed"].nunique()
-    methods = list(dict.fromkeys(list(df.loc[df.full, "method"]) + list(df.loc[~df.full, "method"])))
+    rest = list(dict.fromkeys(df.loc[~df.full, "method"]))
+    methods = list(dict.fromkeys([*df.loc[df.full, "method"], *(m for m in rest if m == "random"), *rest]))
     table = pd.DataFrame(index=methods, columns=[f"{f:.0%}" for f in fractions], dtype=object)
     for method, rows in df.groupby("method", sort=False):
         if rows["full"].iloc[0]:

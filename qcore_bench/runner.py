@@ -25,6 +25,7 @@ from .data import ImageData, apply_label_noise, normalize
 from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
+from .proxy import ProxyTrainer
 from .selection import SelectionContext, compute_outputs, validate_selection
 from .store import Store
 from .suite import Cell, DatasetSpec
@@ -97,6 +98,8 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
     selector = registry("selectors").get(cell.method.selector)(**cell.method.params)
     kd = cell.train.kd
     teacher_outputs: dict[str, Any] = {}
+    proxies = ProxyTrainer(cell, ddata, labels_dev, data.num_classes, data.in_channels, teacher,
+                           rt.cache_dir, rt.eval_batch_size)
 
     def outputs_of(model: torch.nn.Module) -> Callable[[], Any]:
         return lambda: compute_outputs(model, lambda: ddata.batches(ddata.train_x, rt.eval_batch_size))
@@ -116,11 +119,12 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
     if state is None:
         state = {"epoch": 0, "history": [], "subset": None, "weights": None, "seen": torch.zeros(n, dtype=torch.bool),
                  "selection_seconds": 0.0, "train_seconds": 0.0, "selections": 0, "samples": 0,
-                 "noisy_selected": []}
+                 "noisy_selected": [], "proxy": proxies.cost}
     else:
         student.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        proxies.cost = state["proxy"]
 
     total = cell.train.epochs
     for epoch in range(state["epoch"], total):
@@ -131,7 +135,8 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
                                    num_classes=data.num_classes, balanced=cell.selection.balanced,
                                    student=student, teacher=teacher,
                                    output_fns={"student": outputs_of(student), "teacher": teacher_out},
-                                   generator=make_generator(cell.seed, "select", epoch), device=dev, seed=cell.seed)
+                                   generator=make_generator(cell.seed, "select", epoch), device=dev, seed=cell.seed,
+                                   proxy_fn=proxies)
             sel = validate_selection(selector.select(ctx), n=n, budget=ctx.budget, name=cell.method.name,
                                      variable_budget=selector.variable_budget)
             seconds = time.perf_counter() - start
@@ -141,7 +146,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
             state["seen"][sel.indices] = True
             state["noisy_selected"].append(noisy)
             line.update(selected=len(sel.indices), selected_noisy_frac=noisy, selection_seconds=seconds,
-                        forward_seconds=ctx.forward_seconds, **ctx.metrics)
+                        forward_seconds=ctx.forward_seconds, proxy_seconds=ctx.proxy_seconds, **ctx.metrics)
         start = time.perf_counter()
         line["lr"] = opt.param_groups[0]["lr"]
         line["train_loss"] = train_epoch(
@@ -173,6 +178,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
         "train_size": n,
         "noisy_in_train": int(noise_mask.sum()),
         "noisy_selected_frac_mean": float(np.mean(state["noisy_selected"])),
+        "proxy": proxies.cost,
         "teacher": {"key": tinfo.key, "test_acc": tinfo.test_acc, "seconds": tinfo.seconds,
                     "samples": tinfo.samples, "cached": tinfo.cached},
         "quant_policy": student.quant_policy,

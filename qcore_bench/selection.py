@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -129,7 +129,8 @@ class SelectionContext:
     def __init__(self, *, epoch: int, total_epochs: int, fraction: float, labels: torch.Tensor,
                  num_classes: int, balanced: bool, student: nn.Module, teacher: nn.Module,
                  output_fns: dict[str, Callable[[], Outputs]], generator: torch.Generator,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int,
+                 proxy_fn: Callable[[Any, int], Any] | None = None) -> None:
         self.epoch = epoch
         self.total_epochs = total_epochs
         self.fraction = fraction
@@ -142,6 +143,7 @@ class SelectionContext:
         self.device = device
         self.seed = seed
         self._output_fns = output_fns
+        self._proxy_fn = proxy_fn
         self._outputs: dict[str, Outputs] = {}
         self.metrics: dict[str, float] = {}
         self.budget = max(1, round(fraction * len(labels)))
@@ -149,6 +151,7 @@ class SelectionContext:
         if self.class_budgets is not None:
             self.budget = int(self.class_budgets.sum())
         self.forward_seconds = 0.0
+        self.proxy_seconds = 0.0
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -167,6 +170,23 @@ class SelectionContext:
             self._outputs[which] = self._output_fns[which]()
             self.forward_seconds += time.perf_counter() - start
         return self._outputs[which]
+
+    def proxy(self, repeats: int = 1, **recipe: Any) -> list[Any]:
+        """``repeats`` independently seeded proxy runs (``qcore_bench.proxy.ProxyRun``).
+
+        ``recipe`` holds ``ProxyRecipe`` fields: epochs, optimizer, lr, init
+        ("scratch" | "teacher"), quantized, ... Runs are cached by what determines them,
+        so selectors and fractions that ask for the same recipe share one training.
+        """
+        from .proxy import ProxyRecipe
+
+        if self._proxy_fn is None:
+            raise RuntimeError("this context has no proxy trainer")
+        spec = ProxyRecipe(**recipe)
+        start = time.perf_counter()
+        runs = [self._proxy_fn(spec, r) for r in range(repeats)]
+        self.proxy_seconds += time.perf_counter() - start
+        return runs
 
     def top_k(self, scores: torch.Tensor, largest: bool = True) -> torch.Tensor:
         """The budgeted selection by score: per class when balanced, seeded tie-breaking."""

@@ -76,11 +76,14 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
                 indices: torch.Tensor, *, batch_size: int, augmented: bool, generator: torch.Generator,
                 weights: torch.Tensor | None = None,
                 per_sample_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
                 ) -> float:
     """One pass over ``indices`` in a seeded random order; returns the mean training loss.
 
     ``per_sample_loss(logits, labels, x)`` defaults to cross-entropy; the student's
     distillation loss plugs in here. Optional per-sample ``weights`` scale the loss.
+    ``on_batch(indices, logits, losses)`` sees every batch before its update: the hook
+    through which proxy runs record per-sample training dynamics.
     """
     model.train()
     perm = torch.randperm(len(indices), generator=generator)
@@ -100,6 +103,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
         if weights is not None:
             losses = losses * weights[i:i + batch_size].to(losses.device)
         loss = losses.mean()
+        if on_batch is not None:
+            on_batch(idx, logits.detach(), losses.detach())
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite training loss ({loss.item()}) at batch {i // batch_size}")
         opt.zero_grad(set_to_none=True)

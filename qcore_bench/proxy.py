@@ -1,0 +1,136 @@
+"""Proxy runs: short full-data trainings that record per-sample training dynamics.
+
+EL2N, Forgetting, GraNd, Glister and friends score samples with a model trained on
+the full data for a few epochs. One proxy run is shared by every selector and every
+kept fraction that asks for the same recipe: it is cached in memory and on disk by
+what determines it (data, noise, seed, architecture, recipe, bits when quantized,
+repeat index), so a 5-fraction sweep trains it once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+import torch
+from torch import nn
+
+from .data import normalize
+from .models import build
+from .quant import calibrate, quantize_model
+from .registry import registry
+from .seeding import make_generator
+from .selection import Outputs, compute_outputs
+from .store import atomic_write
+from .suite import Cell, Recipe
+from .training import DeviceData, make_optimizer, make_scheduler, train_epoch
+
+
+class ProxyRecipe(Recipe):
+    """How a proxy is trained: a training recipe, plus where it starts and whether it is quantized."""
+
+    epochs: Annotated[int, Field(gt=0)] = 10
+    init: Literal["scratch", "teacher"] = "scratch"
+    quantized: bool = False  # True: LSQ at the cell's bits
+
+
+@dataclass(frozen=True)
+class ProxyRun:
+    """One proxy's record over the training set (n samples, E epochs)."""
+
+    correct: torch.Tensor  # bool [E, n]: prediction right at the sample's visit, before the update
+    losses: torch.Tensor  # float [E, n]: per-sample loss at the visit
+    outputs: Outputs  # eval-mode outputs on the un-augmented training set after training
+    samples: int  # sample passes spent training it
+    seconds: float  # wall time of its training, wherever it was trained
+    cached: bool
+
+
+class ProxyTrainer:
+    """Builds (or loads) the proxy runs of one cell; selectors reach it through ``ctx.proxy``."""
+
+    _memory: OrderedDict[str, ProxyRun] = OrderedDict()  # process-wide LRU: cells of one process share proxies
+    _memory_size = 4
+
+    def __init__(self, cell: Cell, data: DeviceData, labels: torch.Tensor, num_classes: int, in_channels: int,
+                 teacher: nn.Module, cache_dir: Path, eval_batch_size: int) -> None:
+        self.cell, self.data, self.labels = cell, data, labels
+        self.num_classes, self.in_channels, self.teacher = num_classes, in_channels, teacher
+        self.cache_dir, self.eval_batch_size = cache_dir, eval_batch_size
+        self.cost = {"runs": 0, "samples": 0, "seconds": 0.0, "trained_here": 0}
+
+    def key(self, recipe: ProxyRecipe, repeat: int) -> str:
+        ident = self.cell.identity()
+        what = {k: ident[k] for k in ("dataset", "noise", "seed", "model")}
+        what.update(recipe=recipe.model_dump(mode="json"), repeat=repeat)
+        if recipe.quantized:
+            what.update(bits=[self.cell.w_bits, self.cell.a_bits], quant=ident["quant"])
+        if recipe.init == "teacher":
+            what["teacher"] = ident["teacher"]
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def __call__(self, recipe: ProxyRecipe, repeat: int) -> ProxyRun:
+        key = self.key(recipe, repeat)
+        path = self.cache_dir / "proxies" / f"{key}.pt"
+        run = self._memory.get(key)
+        if run is None and path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            run = ProxyRun(saved["correct"], saved["losses"], Outputs(saved["logits"], saved["features"]),
+                           saved["samples"], saved["seconds"], cached=True)
+        if run is None:
+            run = self._train(recipe, repeat)
+            state = {"correct": run.correct, "losses": run.losses, "logits": run.outputs.logits,
+                     "features": run.outputs.features, "samples": run.samples, "seconds": run.seconds}
+            atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+        self._memory[key] = ProxyRun(run.correct, run.losses, run.outputs, run.samples, run.seconds, cached=True)
+        self._memory.move_to_end(key)
+        while len(self._memory) > self._memory_size:
+            self._memory.popitem(last=False)
+        # the proxy's cost is charged to every cell that uses it, cached or not
+        self.cost["runs"] += 1
+        self.cost["samples"] += run.samples
+        self.cost["seconds"] += run.seconds
+        self.cost["trained_here"] += not run.cached
+        return run
+
+    def _train(self, recipe: ProxyRecipe, repeat: int) -> ProxyRun:
+        start = time.perf_counter()
+        dev, n = self.data.train_x.device, len(self.labels)
+        if recipe.init == "teacher":
+            model = copy.deepcopy(self.teacher)
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            model = build(registry("models").get(self.cell.model), self.num_classes, self.in_channels,
+                          make_generator(self.cell.seed, "proxy-init", repeat)).to(dev)
+        if recipe.quantized:
+            model = quantize_model(model, self.cell.w_bits, self.cell.a_bits, first_last=self.cell.quant.first_last,
+                                   quantize_downsample=self.cell.quant.quantize_downsample)
+            first = torch.randperm(n, generator=make_generator(self.cell.seed, "proxy-calibrate", repeat))
+            calibrate(model, normalize(self.data.train_x[first[:recipe.batch_size].to(dev)],
+                                       self.data.mean, self.data.std))
+        opt = make_optimizer(model, recipe)
+        sched = make_scheduler(opt, recipe)
+        correct = torch.zeros(recipe.epochs, n, dtype=torch.bool, device=dev)
+        losses = torch.zeros(recipe.epochs, n, device=dev)
+        everything = torch.arange(n)
+        for epoch in range(recipe.epochs):
+            def record(idx: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, e: int = epoch) -> None:
+                idx = idx.to(dev)
+                correct[e, idx] = logits.argmax(1) == self.labels[idx]
+                losses[e, idx] = loss.float()
+            train_epoch(model, opt, self.data, self.labels, everything, batch_size=recipe.batch_size,
+                        augmented=recipe.augment, on_batch=record,
+                        generator=make_generator(self.cell.seed, "proxy-train", repeat, epoch))
+            sched.step()
+        outputs = compute_outputs(model, lambda: self.data.batches(self.data.train_x, self.eval_batch_size))
+        return ProxyRun(correct.cpu(), losses.cpu(), Outputs(outputs.logits.cpu(), outputs.features.cpu()),
+                        recipe.epochs * n, time.perf_counter() - start, cached=False)
