@@ -106,10 +106,20 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command("ls")
-@click.argument("kind", type=click.Choice(GROUPS))
+@click.argument("kind", type=click.Choice([*GROUPS, "methods"]))
 @click.argument("pattern", default="*")
 def ls(kind: str, pattern: str) -> None:
-    """What a registry holds (KIND: selectors, datasets, models), with each entry's package."""
+    """What a registry holds (selectors, datasets, models, methods), with each entry's source."""
+    if kind == "methods":
+        from .presets import presets
+        from .registry import natural_key
+
+        names = sorted(fnmatch.filter(presets(), pattern), key=natural_key)
+        if not names:
+            _fail(f"no methods match '{pattern}'")
+        for name in names:
+            click.echo(f"{name:24} {presets()[name]['selector']:20} {presets()[name]['description']}")
+        return
     reg = registry(kind)
     names = reg.names(pattern)
     if not names:

@@ -25,6 +25,7 @@ from .data import ImageData, apply_label_noise, normalize
 from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
+from .budget import TRAIN_UNITS, plan_epochs, train_units
 from .proxy import ProxyTrainer
 from .selection import SelectionContext, compute_outputs, validate_selection
 from .store import Store
@@ -94,7 +95,6 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
     calibrate(student, normalize(ddata.train_x[first.to(dev)], data.mean, data.std))
 
     opt = make_optimizer(student, cell.train)
-    sched = make_scheduler(opt, cell.train)
     selector = registry("selectors").get(cell.method.selector)(**cell.method.params)
     kd = cell.train.kd
     teacher_outputs: dict[str, Any] = {}
@@ -102,7 +102,10 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
                            rt.cache_dir, rt.eval_batch_size)
 
     def outputs_of(model: torch.nn.Module) -> Callable[[], Any]:
-        return lambda: compute_outputs(model, lambda: ddata.batches(ddata.train_x, rt.eval_batch_size))
+        def run() -> Any:
+            state["units"]["selection"] += n  # one scoring pass over the training set
+            return compute_outputs(model, lambda: ddata.batches(ddata.train_x, rt.eval_batch_size))
+        return run
 
     def teacher_out() -> Any:  # the teacher is frozen: once per run
         if "out" not in teacher_outputs:
@@ -116,18 +119,22 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
         return loss + kd.hard_weight * F.cross_entropy(logits, y, reduction="none") if kd.hard_weight else loss
 
     state = store.load_checkpoint(cell.id)
+    sched = None
     if state is None:
-        state = {"epoch": 0, "history": [], "subset": None, "weights": None, "seen": torch.zeros(n, dtype=torch.bool),
-                 "selection_seconds": 0.0, "train_seconds": 0.0, "selections": 0, "samples": 0,
-                 "noisy_selected": [], "proxy": proxies.cost}
+        state = {"epoch": 0, "epochs": cell.train.epochs, "history": [], "subset": None, "weights": None,
+                 "seen": torch.zeros(n, dtype=torch.bool), "selection_seconds": 0.0, "train_seconds": 0.0,
+                 "selections": 0, "samples": 0, "noisy_selected": [], "proxy": proxies.cost,
+                 "units": {"train": 0, "selection": 0, "proxy": 0,
+                           "teacher": train_units(tinfo.samples, False) if cell.budget.include_teacher else 0}}
     else:
         student.load_state_dict(state["model"])
+        sched = make_scheduler(opt, cell.train, state["epochs"])  # before the optimizer's state: it resets lr
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         proxies.cost = state["proxy"]
 
-    total = cell.train.epochs
-    for epoch in range(state["epoch"], total):
+    while state["epoch"] < state["epochs"]:
+        epoch, total = state["epoch"], state["epochs"]
         line: dict[str, Any] = {"epoch": epoch}
         if selector.due(epoch):
             start = time.perf_counter()
@@ -145,8 +152,17 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
                          selection_seconds=state["selection_seconds"] + seconds)
             state["seen"][sel.indices] = True
             state["noisy_selected"].append(noisy)
+            state["units"]["proxy"] = TRAIN_UNITS * proxies.cost["samples"] + n * proxies.cost["runs"]
             line.update(selected=len(sel.indices), selected_noisy_frac=noisy, selection_seconds=seconds,
                         forward_seconds=ctx.forward_seconds, proxy_seconds=ctx.proxy_seconds, **ctx.metrics)
+        if sched is None:  # after the first selection: its cost decides the epochs under total_compute
+            if cell.budget.mode == "total_compute":
+                u = state["units"]
+                state["epochs"] = total = plan_epochs(
+                    epochs=cell.train.epochs, per_epoch=len(state["subset"]), kd=kd.enabled,
+                    spent=u["selection"] + u["proxy"] + u["teacher"], per_selection=n if selector.adaptive else 0,
+                    due=selector.due)
+            sched = make_scheduler(opt, cell.train, state["epochs"])
         start = time.perf_counter()
         line["lr"] = opt.param_groups[0]["lr"]
         line["train_loss"] = train_epoch(
@@ -156,6 +172,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
         sched.step()
         state["train_seconds"] += time.perf_counter() - start
         state["samples"] += len(state["subset"])
+        state["units"]["train"] += train_units(len(state["subset"]), kd.enabled)
         line["test_acc"], line["test_loss"] = evaluate(student, ddata, rt.eval_batch_size)
         state["history"].append(line)
         state.update(epoch=epoch + 1, model=student.state_dict(), optimizer=opt.state_dict(),
@@ -169,7 +186,9 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
     result = {
         "final_acc": hist[-1]["test_acc"],
         "best_acc_over_epochs": max(h["test_acc"] for h in hist),
-        "epochs": total,
+        "epochs": state["epochs"],
+        "budget_mode": cell.budget.mode,
+        "cost_units": {**state["units"], "total": sum(state["units"].values())},
         "selections": state["selections"],
         "selection_seconds": state["selection_seconds"],
         "train_seconds": state["train_seconds"],

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .presets import presets, resolve_method
 from .registry import UnknownNameError, did_you_mean, registry
 
 
@@ -69,6 +70,13 @@ class Quant(Strict):
 
 class SelectionCfg(Strict):
     balanced: bool = True
+
+
+class Budget(Strict):
+    """How methods are made comparable; see qcore_bench.budget for the cost model."""
+
+    mode: Literal["per_epoch_fraction", "total_compute"] = "per_epoch_fraction"
+    include_teacher: bool = False
 
 
 class DatasetSpec(Strict):
@@ -154,6 +162,7 @@ class Suite(Strict):
     teacher: Teacher = Teacher()
     quant: Quant = Quant()
     selection: SelectionCfg = SelectionCfg()
+    budget: Budget = Budget()
     grid: Grid
     # runtime settings: they do not change results and are not part of a cell's id
     device: str = "auto"
@@ -190,6 +199,7 @@ class Cell(Strict):
     train: Train
     teacher: Teacher
     selection: SelectionCfg
+    budget: Budget
 
     def identity(self) -> dict[str, Any]:
         """The canonical config: without the suite name and the data root (where the data lies)."""
@@ -331,7 +341,8 @@ def _check_names(suite: Suite, file: str) -> None:
         try:
             cls = registry("selectors").get(m.selector)
         except UnknownNameError as exc:
-            raise SuiteError(f"{key}: {str(exc).replace('unknown selector', 'unknown method')}") from None
+            known = [*registry("selectors").names(), *presets()]
+            raise SuiteError(f"{key}: unknown method '{m.selector}'{did_you_mean(m.selector, known)}") from None
         _bind(cls, m.params, f"{key}.params")
         try:
             cls(**m.params)
@@ -352,6 +363,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     path = Path(path)
     raw = apply_overrides(_load_raw(path), overrides or [])
     raw.setdefault("name", path.stem)
+    grid = raw.get("grid")
+    if isinstance(grid, dict) and "method" in grid:
+        grid["method"] = [resolve_method(m) for m in _listify(grid["method"])]
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
@@ -370,6 +384,7 @@ def expand(suite: Suite) -> list[Cell]:
         w, a = parse_bits(bits)
         cell = Cell(suite=suite.name, dataset=ds, noise=noise, model=model, w_bits=w, a_bits=a,
                     quant=suite.quant, method=method, fraction=fraction if uses_fraction else 1.0,
-                    seed=seed, train=suite.train, teacher=suite.teacher, selection=suite.selection)
+                    seed=seed, train=suite.train, teacher=suite.teacher, selection=suite.selection,
+                    budget=suite.budget)
         cells.setdefault(cell.id, cell)
     return list(cells.values())

@@ -54,9 +54,11 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=recipe.lr)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate factor: cosine or linear decay to 0 over the run, or constant."""
-    e = recipe.epochs
+def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe,
+                   epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate factor: cosine or linear decay to 0 over ``epochs``
+    (default: the recipe's), or constant."""
+    e = epochs or recipe.epochs
     factor: Callable[[int], float] = {
         "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t / e)),
         "linear": lambda t: 1 - t / e,
