@@ -1,4 +1,4 @@
-"""qcore-bench command line: run, validate, plan, ls, table.
+"""qcore-bench command line: run, run-cell, validate, plan, ls, table.
 
 Bad input is one line on stderr naming the file and key, exit code 2, nothing written.
 """
@@ -9,7 +9,7 @@ import fnmatch
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -50,34 +50,229 @@ def main() -> None:
     """Coreset selection for quantization-aware training, benchmarked."""
 
 
+# run's executor options: (executor parameter, flag); an option the chosen executor does not take is an error
+EXECUTOR_FLAGS = {"gpus": "--gpus", "per_gpu": "--per-gpu", "slots": "--slots", "partition": "--partition",
+                  "time": "--time", "gpus_per_task": "--gpus-per-task", "cpus_per_task": "--cpus-per-task",
+                  "mem": "--mem", "array_parallelism": "--array-parallelism", "sbatch": "--sbatch",
+                  "cluster": "--slurm-cluster", "wait": "--wait"}
+
+
+def _claim_timeout(value: float | None) -> float:
+    from .claims import claim_timeout
+
+    try:
+        return claim_timeout(value)
+    except ValueError as exc:
+        _fail(f"--claim-timeout: {exc}")
+
+
+def _executor(name: str, options: dict[str, Any]) -> Any:
+    """The executor plugin ``name`` built from the options given on the command line."""
+    import inspect
+
+    from .executors import Executor
+    from .registry import UnknownNameError
+
+    try:
+        cls = registry("executors").get(name)
+    except UnknownNameError as exc:
+        _fail(f"--executor: {exc}")
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        entry = registry("executors").entries[name]
+        _fail(f"--executor: '{name}' (from package {entry.package}, {entry.target}) is not a "
+              "qcore_bench.executors.Executor subclass")
+    given = {k: v for k, v in options.items() if v is not None and v != () and v is not False}
+    accepted = inspect.signature(cls).parameters
+    for key in given:
+        if key not in accepted:
+            _fail(f"{EXECUTOR_FLAGS[key]} does not apply to --executor {name}")
+    try:
+        return cls(**given)
+    except (TypeError, ValueError) as exc:
+        _fail(f"--executor {name}: {exc}")
+
+
+def _label(config: dict[str, Any]) -> str:
+    """The glob-able label of a stored cell config ('' when it no longer parses)."""
+    from .loggers import cell_label
+
+    try:
+        return cell_label(Cell.model_validate(config))
+    except ValueError:
+        return ""
+
+
+def _clear(store: Any, patterns: tuple[str, ...], cells: list[Cell]) -> None:
+    """Discard stored cells (of this suite or left from an earlier version of it) matching a pattern."""
+    from .loggers import cell_label
+    from .store import StoreError
+
+    labels = {cid: _label(cfg) for cid, cfg in store.stored().items()}
+    labels.update({c.id: cell_label(c) for c in cells if store.dir(c.id).exists()})
+    for pattern in patterns:
+        hits = [cid for cid, label in labels.items() if fnmatch.fnmatch(cid, pattern) or fnmatch.fnmatch(label, pattern)]
+        if not hits:
+            _fail(f"--clear {pattern}: matches no stored cell in {store.root}")
+        for cid in hits:
+            try:
+                store.clear(cid)
+            except StoreError as exc:
+                _fail(f"--clear {pattern}: {exc}")
+        click.echo(f"cleared {len(hits)} cells matching {pattern}", err=True)
+
+
 @main.command()
 @click.argument("suite", type=click.Path())
 @RESULTS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite key, e.g. train.epochs=3.")
 @click.option("--only", metavar="GLOB", help="Run only cells whose id or label matches, e.g. '*/acs/*'.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the suite's).")
-def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, device: str | None) -> None:
-    """Run every cell of SUITE that is not done yet (interrupted cells resume)."""
+@click.option("--executor", "executor_name", default="inline", show_default=True,
+              help="inline (this process), local (a subprocess per cell on GPU/CPU slots), slurm (a job array).")
+@click.option("--retry-failed", is_flag=True, help="Run failed cells again (else they are skipped and reported).")
+@click.option("--clear", "clear", multiple=True, metavar="GLOB",
+              help="First discard stored cells whose id or label matches, so they run from scratch.")
+@click.option("--claim-timeout", type=float, default=None, metavar="SECONDS",
+              help="Take over a cell whose runner sent no heartbeat for this long [$QCORE_CLAIM_TIMEOUT or 600].")
+@click.option("--gpus", default=None, help="local: GPU ids, one slot group each, e.g. 0,1,2,3 ('' = CPU slots).")
+@click.option("--per-gpu", type=int, default=None, help="local: cells at once on each GPU [1].")
+@click.option("--slots", type=int, default=None, help="local: CPU-only slots when there is no GPU [1].")
+@click.option("--partition", default=None, help="slurm: partition [suite slurm.partition].")
+@click.option("--time", "time_min", type=int, default=None, help="slurm: minutes per task [240].")
+@click.option("--gpus-per-task", type=int, default=None, help="slurm: GPUs per task [1].")
+@click.option("--cpus-per-task", type=int, default=None, help="slurm: CPUs per task.")
+@click.option("--mem", type=float, default=None, help="slurm: memory per task, GB.")
+@click.option("--array-parallelism", type=int, default=None, help="slurm: tasks running at once [64].")
+@click.option("--sbatch", multiple=True, metavar="KEY=VALUE", help="slurm: extra sbatch option, e.g. account=proj.")
+@click.option("--slurm-cluster", "slurm_cluster", type=click.Choice(["slurm", "local", "debug"]), default=None,
+              help="slurm: 'local' or 'debug' runs the job array through submitit without a cluster.")
+@click.option("--wait", is_flag=True, default=None, help="slurm: wait for the array and report its cells.")
+def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, device: str | None,
+        executor_name: str, retry_failed: bool, clear: tuple[str, ...], claim_timeout: float | None,
+        gpus: str | None, per_gpu: int | None, slots: int | None, partition: str | None, time_min: int | None,
+        gpus_per_task: int | None, cpus_per_task: int | None, mem: float | None, array_parallelism: int | None,
+        sbatch: tuple[str, ...], slurm_cluster: str | None, wait: bool | None) -> None:
+    """Run every cell of SUITE that is not done yet (interrupted cells resume, failed ones are skipped).
+
+    Several `run` processes (or machines sharing the results folder) may work on one suite
+    at once: each cell is claimed by exactly one of them. Exit status: 0 all done (or
+    handed to SLURM), 1 some cells failed, 2 bad input, 130 interrupted (rerun to resume).
+    """
     spec, cells = _cells(suite, overrides, only)
-    from .executors import run_inline  # heavy imports only once the suite is known to be valid
-    from .loggers import ConsoleProgress
-    from .runner import Runtime, resolve_device
+    executor = _executor(executor_name, {
+        "gpus": gpus, "per_gpu": per_gpu, "slots": slots, "partition": partition, "time": time_min,
+        "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
+        "array_parallelism": array_parallelism, "sbatch": sbatch, "cluster": slurm_cluster, "wait": wait})
+    from .executors import ExecutorError, Job  # heavy imports only once the input is known to be valid
     from .store import Store
 
-    store = Store(results)
-    pending = [c for c in cells if not store.is_done(c.id)]
-    click.echo(f"{spec.name}: {len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run",
-               err=True)
-    if not pending:
-        return
-    rt = Runtime(resolve_device(device or spec.device), cache_dir(), spec.eval_batch_size)
-    with ConsoleProgress(sum(c.train.epochs for c in pending), len(pending)) as progress:
-        summary = run_inline(pending, store, rt, progress)
-    if summary.failed:
+    store = Store(results, _claim_timeout(claim_timeout))
+    if clear:
+        _clear(store, clear, cells)
+    status = {c.id: store.status(c.id) for c in cells}
+    skipped_failed = [c.id for c in cells if status[c.id] == "failed" and not retry_failed]
+    running = [c.id for c in cells if status[c.id] == "running"]
+    pending = [c for c in cells if status[c.id] in ("pending", "interrupted", "unreadable")
+               or (status[c.id] == "failed" and retry_failed)]
+    n_done = sum(s == "done" for s in status.values())
+    extra = (f", {len(skipped_failed)} failed (skipped: --retry-failed runs them)" if skipped_failed else "") + \
+            (f", {len(running)} running elsewhere" if running else "")
+    click.echo(f"{spec.name}: {len(cells)} cells, {n_done} done, {len(pending)} to run{extra}", err=True)
+    for cid in (c for c in status if status[c] == "unreadable"):
+        click.echo(f"warning: {store.dir(cid) / 'result.json'} is unreadable; the cell is finished again", err=True)
+    summary = None
+    if pending:
+        job = Job(store, device or spec.device, cache_dir(), spec.eval_batch_size, spec)
+        try:
+            summary = executor.run(pending, job)
+        except ExecutorError as exc:
+            _fail(f"--executor {executor_name}: {exc}")
+    _report_run(store, pending, summary, skipped_failed)
+
+
+def _report_run(store: Any, pending: list[Cell], summary: Any, skipped_failed: list[str]) -> None:
+    """The end-of-run summary on stderr, and the exit status."""
+    def where(cid: str) -> str:
+        return f"(see {store.dir(cid) / 'error.txt'})"
+
+    if summary is not None and summary.note:
+        click.echo(summary.note, err=True)
+    if summary is not None and summary.elsewhere:
+        click.echo(f"{len(summary.elsewhere)} cells are being run by other processes (not waited for):", err=True)
+        for cid, who in summary.elsewhere.items():
+            click.echo(f"  {cid}: {who}", err=True)
+    if summary is not None and summary.failed:
         click.echo(f"{len(summary.failed)} of {len(pending)} cells failed:", err=True)
         for cid, reason in summary.failed.items():
-            click.echo(f"  {cid}: {reason} (see {store.dir(cid) / 'error.txt'})", err=True)
+            click.echo(f"  {cid}: {reason} {where(cid)}", err=True)
+    if skipped_failed:
+        click.echo(f"{len(skipped_failed)} cells failed in an earlier run and were skipped "
+                   "(run with --retry-failed to run them again):", err=True)
+        for cid in skipped_failed:
+            click.echo(f"  {cid}: {store.read_status(cid).get('reason', '?')} {where(cid)}", err=True)
+    if summary is not None and summary.interrupted:
+        click.echo(f"interrupted after {len(summary.done)} finished cells; run the same command again to resume",
+                   err=True)
+        sys.exit(130)
+    if skipped_failed or (summary is not None and summary.failed):
         sys.exit(1)
+
+
+@main.command("run-cell")
+@click.argument("cell_id")
+@RESULTS
+@click.option("--suite", "suite_path", type=click.Path(), default=None,
+              help="Take the cell from this suite (default: its cell.json in the results folder).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the suite's, else auto).")
+@click.option("--claim-timeout", type=float, default=None, metavar="SECONDS")
+@click.option("--config", "config", type=click.File("r"), default=None, hidden=True,
+              help="The cell's config as JSON ('-': stdin); how the local executor hands a cell over.")
+@click.option("--eval-batch-size", type=int, default=None, hidden=True)
+@click.option("--die-with-parent", is_flag=True, hidden=True)
+def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: tuple[str, ...],
+                 device: str | None, claim_timeout: float | None, config: Any, eval_batch_size: int | None,
+                 die_with_parent: bool) -> None:
+    """Run (or resume) one cell by id, unless it is done or another process runs it.
+
+    The unit every executor runs. Exit status: 0 done, 1 failed, 2 bad input,
+    75 another process runs it, 130 interrupted (rerun to resume).
+    """
+    from pydantic import ValidationError
+
+    from .store import Store, StoreError, read_json
+
+    store, spec = Store(results, _claim_timeout(claim_timeout)), None
+    if config is not None:
+        source = "--config"
+        try:
+            cell = Cell.model_validate_json(config.read())
+        except ValidationError as exc:
+            _fail(f"--config: not a cell config: {exc.errors()[0]['msg']}")
+    elif suite_path is not None:
+        source = suite_path
+        spec, cells = _cells(suite_path, overrides)
+        found = [c for c in cells if c.id.startswith(cell_id)]
+        if len(found) != 1:
+            _fail(f"{suite_path}: {'no' if not found else 'more than one'} cell with id {cell_id}")
+        cell = found[0]
+    else:
+        path = store.dir(cell_id) / "cell.json"
+        source = str(path)
+        if not path.is_file():
+            _fail(f"{path}: not found; give --suite to take the cell from a suite")
+        try:
+            cell = Cell.model_validate(read_json(path)["config"])
+        except (StoreError, KeyError, TypeError, ValidationError) as exc:
+            _fail(f"{path}: not a usable cell config ({str(exc).splitlines()[0]})")
+    if cell.id != cell_id and not (spec is not None and cell.id.startswith(cell_id)):
+        _fail(f"{source}: holds cell {cell.id}, not {cell_id}")
+    from .executors import run_cell_process
+    from .runner import Runtime, resolve_device
+
+    dev = device or (spec.device if spec is not None else "auto")
+    ebs = eval_batch_size or (spec.eval_batch_size if spec is not None else 1024)
+    sys.exit(run_cell_process(cell, store, Runtime(resolve_device(dev), cache_dir(), ebs), die_with_parent))
 
 
 @main.command()
@@ -94,15 +289,33 @@ def validate(suite: str, overrides: tuple[str, ...]) -> None:
 @RESULTS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
-    """One line per cell of SUITE with its status in the results folder."""
+    """One line per cell of SUITE with its status in the results folder.
+
+    pending, running (with its holder), interrupted (resumes), failed (with the reason),
+    done; then the stored cells of this suite that it no longer contains.
+    """
+    from .claims import describe
     from .store import Store
 
-    _, cells = _cells(suite, overrides)
+    spec, cells = _cells(suite, overrides)
     store = Store(results)
     click.echo("id            dataset   model     bits  fraction noise          method        seed status")
     for c in cells:
+        status = store.status(c.id)
+        note = ""
+        if status == "failed":
+            note = f"  ({store.read_status(c.id).get('reason', '?')})"
+        elif status == "running":
+            note = f"  ({describe(store.holder(c.id) or {})})"
         click.echo(f"{c.id}  {c.dataset.name:9} {c.model:9} {c.bits:5} {c.fraction:<8g} {c.noise.label:14} "
-                   f"{c.method.name:13} {c.seed:<4} {store.status(c.id)}")
+                   f"{c.method.name:13} {c.seed:<4} {status}{note}")
+    ids = {c.id for c in cells}
+    gone = {cid: cfg for cid, cfg in store.stored().items() if cid not in ids and cfg.get("suite") == spec.name}
+    if gone:
+        click.echo(f"\n{len(gone)} stored cells of suite '{spec.name}' are not in it any more "
+                   "(edited since they ran; `run --clear ID` discards one):")
+        for cid, cfg in sorted(gone.items()):
+            click.echo(f"{cid}  {_label(cfg) or '(config of an older version)'}  {store.status(cid)}")
 
 
 @main.command("ls")
@@ -129,17 +342,74 @@ def ls(kind: str, pattern: str) -> None:
         click.echo(f"{name:24} {entry.package:16} {entry.target}")
 
 
-@main.command()
-@RESULTS
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the tables.")
-@click.option("--suite", "suite_name", default=None, help="Only runs of this suite.")
-def table(results: str, out: str, suite_name: str | None) -> None:
-    """Aggregate the finished runs into Markdown tables (printed and written to OUT/tables.md)."""
-    from .report import frame, markdown, write_tables
+REPORT_OPTIONS = [
+    click.option("--suite", "suite_name", default=None, help="Only runs of this suite."),
+    click.option("--metric", type=click.Choice(["final", "best"]), default="final", show_default=True,
+                 help="final: last-epoch accuracy (the headline); best: best over epochs, labelled as such."),
+]
+
+
+def _report_options(fn: Any) -> Any:
+    for option in reversed(REPORT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _frame(results: str, suite_name: str | None) -> Any:
+    from .report import frame
     from .store import Store
 
-    df = frame(Store(results).records(), suite_name)
-    click.echo(markdown(df))
-    path = write_tables(df, Path(out))
-    click.echo(f"written: {path}", err=True)
+    store = Store(results)
+    df = frame(store.records(), suite_name)
+    for problem in store.problems:  # damaged files: reported, never fatal for the other runs
+        click.echo(f"warning: {problem}", err=True)
+    if df.empty:
+        _fail(f"{results}: no finished runs{f' of suite {suite_name}' if suite_name else ''}")
+    return df
+
+
+def _plots(results: str, df: Any, out: Path, metric: str) -> list[Path]:
+    from .plots import plot_all
+    from .store import Store
+
+    store = Store(results)
+    return plot_all(df, {cid: store.history(cid) for cid in df["id"]}, out, metric)
+
+
+@main.command()
+@RESULTS
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for tables and plots.")
+@_report_options
+@click.option("--format", "formats", default="md,tex,csv", show_default=True, help="Comma-separated: md, tex, csv.")
+@click.option("--vs", default="random", show_default=True, help="Reference method for the difference column.")
+@click.option("--extras", is_flag=True, help="Add selection/training time, noisy share kept and coverage.")
+@click.option("--fair", is_flag=True, help="Also write fair.md: equal fraction vs equal compute, coverage, cost.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Also write the plots (PNG and PDF).")
+def table(results: str, out: str, suite_name: str | None, metric: str, formats: str, vs: str, extras: bool,
+          fair: bool, plots: bool) -> None:
+    """Aggregate finished runs into tables (printed as Markdown, written to OUT) and plots."""
+    from .report import fair_report, render, summarize, write_reports
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in ("md", "tex", "csv")]
+    if bad:
+        _fail(f"--format: unknown format '{bad[0]}'; expected md, tex or csv")
+    df = _frame(results, suite_name)
+    click.echo(render(summarize(df, metric, vs), metric, vs, extras)["md"])
+    if fair:
+        click.echo(fair_report(df, vs))
+    paths = write_reports(df, Path(out), fmts, metric, vs, extras, fair)
+    if plots:
+        paths += _plots(results, df, Path(out), metric)
+    click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
+
+
+@main.command()
+@RESULTS
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the plots.")
+@_report_options
+def plot(results: str, out: str, suite_name: str | None, metric: str) -> None:
+    """Plots only: accuracy vs fraction, vs noise, vs cost; noisy share of the subsets over epochs."""
+    paths = _plots(results, _frame(results, suite_name), Path(out), metric)
+    click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
 

@@ -1,81 +1,267 @@
-"""Tables from the store: one per (dataset, model, bits, noise), methods x kept fraction.
+"""Paper-style tables from stored runs: Markdown, LaTeX (booktabs) and CSV.
 
-Each entry is the mean +- std over seeds of the final-epoch test accuracy (the
-headline; best-over-epochs is never shown unlabelled). The full-data row has one
-value, shown in every fraction column as the reference.
+One table per group (dataset, model, bits, noise, budget mode): a row per method, a
+column per kept fraction, each entry the mean ± std over seeds of the final-epoch test
+accuracy (the headline; ``metric="best"`` shows best-over-epochs, labelled as such).
+The full-data row has one value, repeated in every column as the reference. Beside
+it, the difference to a reference method (random by default) with a 95% confidence
+interval: paired over seeds when the runs pair up (same seed, same everything but the
+method, hence the same teacher, noise draw and initial student), Welch otherwise.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .store import atomic_write
 
-GROUP = ["dataset", "model", "bits", "noise"]
+GROUP = ["dataset", "model", "bits", "noise", "budget"]
+METRICS = {"final": "final_acc", "best": "best_acc_over_epochs"}
+METRIC_TITLE = {"final": "Final-epoch test top-1 (%)",
+                "best": "BEST-over-epochs test top-1 (%) (test-set model selection: optimistic)"}
 
 
 def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.DataFrame:
-    """One row per finished cell with the columns the tables group by."""
+    """One row per finished cell: what the tables group by and what they show."""
     rows = []
     for r in records:
         c, res = r["config"], r["result"]
         if suite and c["suite"] != suite:
             continue
         noise = "clean" if c["noise"]["kind"] == "none" else f"{c['noise']['kind']}-{c['noise']['rate']:g}"
-        rows.append({"id": r["id"], "suite": c["suite"], "dataset": c["dataset"]["name"], "model": c["model"],
-                     "bits": f"{c['w_bits']}/{c['a_bits']}", "noise": noise, "method": c["method"]["name"],
-                     "fraction": c["fraction"], "seed": c["seed"], "full": c["method"]["selector"] == "full",
-                     "final_acc": res["final_acc"]})
+        units = res.get("cost_units", {})
+        rows.append({
+            "id": r["id"], "suite": c["suite"], "dataset": c["dataset"]["name"], "model": c["model"],
+            "bits": f"{c['w_bits']}/{c['a_bits']}", "noise": noise,
+            "noise_rate": c["noise"]["rate"], "budget": c.get("budget", {}).get("mode", "per_epoch_fraction"),
+            "method": c["method"]["name"], "fraction": c["fraction"], "seed": c["seed"],
+            "full": c["method"]["selector"] == "full",
+            "final_acc": res["final_acc"], "best_acc_over_epochs": res["best_acc_over_epochs"],
+            "epochs": res["epochs"], "selection_seconds": res["selection_seconds"],
+            "train_seconds": res["train_seconds"], "samples_trained": res["samples_trained"],
+            "distinct_frac": res["distinct_samples_seen"] / res["train_size"],
+            "noisy_selected": res["noisy_selected_frac_mean"],
+            "cost_units": units.get("total", 3 * res["samples_trained"]),
+            "selection_share": (units.get("selection", 0) + units.get("proxy", 0)) / units["total"]
+            if units.get("total") else np.nan,
+        })
     return pd.DataFrame(rows)
 
 
-def _fmt(values: pd.Series, expected: int) -> str:
-    mean, n = values.mean(), len(values)
-    text = f"{mean:.2f} ± {values.std(ddof=1):.2f}" if n > 1 else f"{mean:.2f}"
-    return text + (f" (n={n})" if n < expected else "")
+@dataclass(frozen=True)
+class Delta:
+    """Difference of a method to the reference, over seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    paired: bool
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+    def text(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:+.2f} (n={self.n})"
+        mark = "*" if self.significant else ""
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]{mark}"
 
 
-def group_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Methods (full first, in suite order otherwise) x fractions for one group."""
-    fractions = sorted(df.loc[~df.full, "fraction"].unique()) or [1.0]
-    expected = df["seed"].nunique()
-    rest = list(dict.fromkeys(df.loc[~df.full, "method"]))
-    methods = list(dict.fromkeys([*df.loc[df.full, "method"], *(m for m in rest if m == "random"), *rest]))
-    table = pd.DataFrame(index=methods, columns=[f"{f:.0%}" for f in fractions], dtype=object)
-    for method, rows in df.groupby("method", sort=False):
-        if rows["full"].iloc[0]:
-            table.loc[method, :] = _fmt(rows["final_acc"], expected)
-            continue
-        for f, cell in rows.groupby("fraction"):
-            table.loc[method, f"{f:.0%}"] = _fmt(cell["final_acc"], expected)
+def delta(method: pd.DataFrame, ref: pd.DataFrame, metric: str) -> Delta | None:
+    """Paired t interval over shared seeds, or Welch's when seeds do not pair up."""
+    a, b = method.set_index("seed")[metric], ref.set_index("seed")[metric]
+    if a.empty or b.empty:
+        return None
+    shared = a.index.intersection(b.index)
+    if len(shared) == len(a) == len(b):
+        d = (a[shared] - b[shared]).to_numpy()
+        n, mean = len(d), float(d.mean())
+        if n < 2:
+            return Delta(mean, math.nan, math.nan, n, True, math.nan)
+        sem = float(d.std(ddof=1)) / math.sqrt(n)
+        low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=sem) if sem > 0 else (mean, mean)
+        p = float(stats.ttest_rel(a[shared], b[shared]).pvalue) if sem > 0 else math.nan
+        return Delta(mean, float(low), float(high), n, True, p)
+    n = min(len(a), len(b))
+    mean = float(a.mean() - b.mean())
+    if n < 2:
+        return Delta(mean, math.nan, math.nan, n, False, math.nan)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    return Delta(mean, float(ci.low), float(ci.high), n, False, float(res.pvalue))
+
+
+def _fraction_label(f: float) -> str:
+    return f"{f:.0%}" if round(f * 100) == f * 100 else f"{f:.1%}"
+
+
+def summarize(df: pd.DataFrame, metric: str = "final", vs: str = "random") -> pd.DataFrame:
+    """Long form: one row per (group, method, fraction) with mean, std, n, bold, delta."""
+    col = METRICS[metric]
+    out = []
+    for key, g in df.groupby(GROUP, sort=False):
+        expected = g["seed"].nunique()
+        fractions = sorted(g.loc[~g.full, "fraction"].unique()) or [1.0]
+        for f in fractions:
+            rows = pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]])
+            ref = rows[rows.method == vs]
+            for method, m in rows.groupby("method", sort=False):
+                d = delta(m, ref, col) if method != vs and not m.full.iloc[0] else None
+                out.append({**dict(zip(GROUP, key)), "method": method, "fraction": f, "full": bool(m.full.iloc[0]),
+                            "mean": m[col].mean(), "std": m[col].std(ddof=1) if len(m) > 1 else 0.0,
+                            "n": len(m), "expected": expected,
+                            "delta": d.mean if d else np.nan, "ci_low": d.low if d else np.nan,
+                            "ci_high": d.high if d else np.nan, "p_value": d.p_value if d else np.nan,
+                            "paired": d.paired if d else None, "delta_text": d.text() if d else "",
+                            "significant": d.significant if d else False,
+                            "selection_seconds": m.selection_seconds.mean(), "train_seconds": m.train_seconds.mean(),
+                            "noisy_selected": m.noisy_selected.mean(), "distinct_frac": m.distinct_frac.mean(),
+                            "epochs": m.epochs.mean(), "cost_units": m.cost_units.mean(),
+                            "selection_share": m.selection_share.mean()})
+    long = pd.DataFrame(out)
+    if long.empty:
+        return long
+    # bold: the best coreset method per column, and any within one std of it
+    long["bold"] = False
+    for _, idx in long[~long.full].groupby([*GROUP, "fraction"], sort=False).groups.items():
+        sub = long.loc[idx]
+        best = sub["mean"].idxmax()
+        long.loc[idx, "bold"] = sub["mean"] >= sub.at[best, "mean"] - sub.at[best, "std"]
+    return long
+
+
+def _order(methods: list[str], full: set[str], vs: str) -> list[str]:
+    first = [m for m in methods if m in full] + [m for m in methods if m == vs and m not in full]
+    return list(dict.fromkeys([*first, *methods]))
+
+
+def _entry(r: pd.Series) -> str:
+    text = f"{r['mean']:.2f} ± {r['std']:.2f}" if r["n"] > 1 else f"{r['mean']:.2f}"
+    return text + (f" (n={r['n']})" if r["n"] < r["expected"] else "")
+
+
+def grid(long: pd.DataFrame, value: str, vs: str = "random") -> pd.DataFrame:
+    """methods x fractions of one group, entries from column ``value`` (already text)."""
+    cols = [_fraction_label(f) for f in sorted(long["fraction"].unique())]
+    methods = _order(list(dict.fromkeys(long["method"])), set(long.loc[long.full, "method"]), vs)
+    table = pd.DataFrame("–", index=methods, columns=cols, dtype=object)
+    for _, r in long.iterrows():
+        table.at[r["method"], _fraction_label(r["fraction"])] = r[value]
     table.index.name = "method"
-    return table.fillna("–")
+    return table
 
 
 def _md(table: pd.DataFrame) -> str:
     header = [table.index.name or "", *map(str, table.columns)]
-    rows = [[str(i), *map(str, r)] for i, r in zip(table.index, table.to_numpy())]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    lines += ["| " + " | ".join([str(i), *map(str, r)]) + " |" for i, r in zip(table.index, table.to_numpy())]
+    return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """All groups as Markdown sections."""
+def _tex_escape(text: str) -> str:
+    return text.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$").replace("–", "--")
+
+
+def _tex(table: pd.DataFrame, caption: str) -> str:
+    spec = "l" + "r" * len(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_tex_escape(caption)}}}",
+             f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(["Method", *(_tex_escape(c) for c in table.columns)]) + r" \\", r"\midrule"]
+    for i, row in zip(table.index, table.to_numpy()):
+        cells = [c.replace("**", "") if not c.startswith("**") else r"\textbf{" + c.strip("*") + "}" for c in row]
+        lines.append(" & ".join([_tex_escape(str(i)), *(_tex_escape(c) for c in cells)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def _title(key: tuple[Any, ...]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in zip(GROUP, key))
+
+
+def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras: bool = False) -> dict[str, str]:
+    """{"md": ..., "tex": ..., "csv": ...} for every group of ``summarize``'s output."""
+    if long.empty:
+        return {"md": "No finished runs.\n", "tex": "% no finished runs\n", "csv": ""}
+    long = long.copy()
+    long["text"] = [f"**{_entry(r)}**" if r["bold"] else _entry(r) for _, r in long.iterrows()]
+    md = [f"{METRIC_TITLE[metric]}, mean ± std over seeds; (n=k) marks missing seeds; **bold**: best "
+          f"coreset method per column and any within one std of it; `full` trains on all data every epoch and is "
+          f"repeated in every column. Δ vs {vs}: mean difference with its 95% confidence interval, paired over "
+          f"seeds where the runs pair up; * marks an interval that excludes 0.\n"]
+    tex = [f"% generated by qcore-bench: {METRIC_TITLE[metric]}"]
+    for key, g in long.groupby(GROUP, sort=False):
+        title = _title(key)
+        md.append(f"### {title}\n\n{_md(grid(g, 'text', vs))}\n")
+        deltas = g[g["delta_text"] != ""]
+        if not deltas.empty:
+            md.append(f"Δ vs {vs} ({'paired' if deltas['paired'].all() else 'Welch'}, 95% CI):\n\n"
+                      f"{_md(grid(deltas, 'delta_text', vs))}\n")
+        if extras:
+            g = g.assign(extra=[f"sel {r.selection_seconds:.1f}s, train {r.train_seconds:.1f}s, noisy "
+                                f"{r.noisy_selected:.1%}, seen {r.distinct_frac:.0%}" for r in g.itertuples()])
+            md.append(f"Cost and robustness (mean over seeds):\n\n{_md(grid(g, 'extra', vs))}\n")
+        tex.append(_tex(grid(g, "text", vs), f"{title}: {METRIC_TITLE[metric]}"))
+    csv = long.drop(columns=["text"]).to_csv(index=False)
+    return {"md": "\n".join(md), "tex": "\n\n".join(tex) + "\n", "csv": csv}
+
+
+def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
+    """Per group and fraction: accuracy in both budget modes, coverage, selection cost share, noisy share."""
     if df.empty:
         return "No finished runs.\n"
-    out = ["Final-epoch test top-1 (%), mean ± std over seeds; (n=k) marks missing seeds; "
-           "`full` trains on all data and is repeated in every column.\n"]
-    for key, g in df.groupby(GROUP, sort=False):
-        title = ", ".join(f"{k} {v}" for k, v in zip(GROUP, key))
-        out.append(f"### {title}\n\n{_md(group_table(g))}\n")
+    out = ["Fair comparison: final-epoch top-1 at equal per-epoch fraction (the paper's protocol) and at equal "
+           "total compute (cost model in the README), distinct training samples seen over the run, the share of "
+           "compute spent selecting (scoring passes and proxies), and the share of label-noisy samples in the "
+           f"selected subsets; Δ is paired against {vs} where seeds pair up.\n"]
+    keys = [k for k in GROUP if k != "budget"]
+    for key, g in df.groupby(keys, sort=False):
+        rows = []
+        for f in sorted(g.loc[~g.full, "fraction"].unique()):
+            part = pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]])
+            for method, m in part.groupby("method", sort=False):
+                row = {"fraction": _fraction_label(f), "method": method}
+                for mode, label in (("per_epoch_fraction", "acc @ equal fraction"), ("total_compute", "acc @ equal compute")):
+                    mm = m[m.budget == mode]
+                    ref = part[(part.method == vs) & (part.budget == mode)]
+                    d = delta(mm, ref, "final_acc") if method != vs and not mm.empty and not mm.full.iloc[0] else None
+                    row[label] = "–" if mm.empty else (
+                        f"{mm.final_acc.mean():.2f} ± {mm.final_acc.std(ddof=1) if len(mm) > 1 else 0:.2f}"
+                        + (f" (Δ {d.text()})" if d else ""))
+                row["epochs @ equal compute"] = (f"{m[m.budget == 'total_compute'].epochs.mean():.1f}"
+                                                 if (m.budget == "total_compute").any() else "–")
+                row["distinct seen"] = f"{m.distinct_frac.mean():.0%}"
+                row["selection cost share"] = f"{m.selection_share.mean():.1%}"
+                row["noisy in subset"] = f"{m.noisy_selected.mean():.1%}"
+                rows.append(row)
+        table = pd.DataFrame(rows).set_index(["fraction", "method"])
+        table.index = [f"{a} {b}" for a, b in table.index]
+        table.index.name = "fraction, method"
+        out.append(f"### {', '.join(f'{k} {v}' for k, v in zip(keys, key))}\n\n{_md(table)}\n")
     return "\n".join(out)
 
 
-def write_tables(df: pd.DataFrame, out: Path) -> Path:
-    path = out / "tables.md"
-    text = markdown(df)
-    atomic_write(path, lambda f: f.write(text))
-    return path
+def write_reports(df: pd.DataFrame, out: Path, formats: list[str], metric: str = "final", vs: str = "random",
+                  extras: bool = False, fair: bool = False) -> list[Path]:
+    """Write tables.{md,tex,csv} (and fair.md) atomically into ``out``; returns the paths."""
+    rendered = render(summarize(df, metric, vs), metric, vs, extras)
+    paths = []
+    for fmt in formats:
+        path = out / f"tables.{fmt}"
+        atomic_write(path, lambda f, text=rendered[fmt]: f.write(text))
+        paths.append(path)
+    if fair:
+        path = out / "fair.md"
+        text = fair_report(df, vs)
+        atomic_write(path, lambda f: f.write(text))
+        paths.append(path)
+    return paths

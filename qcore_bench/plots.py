@@ -1,0 +1,105 @@
+"""Plots from stored runs (PNG and PDF), as in the ACS paper's Figure 1.
+
+- accuracy vs kept fraction, a line per method with a ±std band, full data dashed;
+- accuracy vs label-noise rate, per kept fraction;
+- accuracy vs training cost (compute units), so methods compare at equal budget;
+- share of label-noisy samples in the selected subset over the epochs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .report import GROUP, METRICS
+from .store import atomic_write
+
+
+def _slug(parts: tuple[Any, ...]) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(map(str, parts))).strip("-")
+
+
+def _save(fig: Any, out: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"{name}.{ext}"
+        atomic_write(path, lambda f, e=ext: fig.savefig(f, format=e, dpi=150, bbox_inches="tight"), mode="wb")
+        paths.append(path)
+    return paths
+
+
+def _line(ax: Any, x: pd.Series, mean: pd.Series, std: pd.Series, label: str) -> None:
+    (line,) = ax.plot(x, mean, marker="o", label=label)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+
+
+def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: Path,
+             metric: str = "final") -> list[Path]:
+    """Write every plot the data supports; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if df.empty:
+        return []
+    col, paths = METRICS[metric], []
+    label = f"{'final-epoch' if metric == 'final' else 'best-over-epochs'} test top-1 (%)"
+    stats = (df.groupby([*GROUP, "noise_rate", "method", "fraction", "full"], sort=False)
+             .agg(mean=(col, "mean"), std=(col, "std"), cost=("cost_units", "mean")).fillna({"std": 0.0})
+             .reset_index())
+
+    for key, g in stats.groupby(GROUP, sort=False):
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+        for method, m in g[~g.full].groupby("method", sort=False):
+            m = m.sort_values("fraction")
+            _line(ax, m.fraction * 100, m["mean"], m["std"], method)
+            bx.plot(m.cost, m["mean"], marker="o", label=method)
+        for method, m in g[g.full].groupby("method", sort=False):
+            ax.axhline(m["mean"].iloc[0], ls="--", color="k", label=method)
+            bx.scatter(m.cost, m["mean"], marker="*", s=120, color="k", label=method)
+        ax.set(xlabel="kept fraction per epoch (%)", ylabel=label, title="accuracy vs fraction")
+        bx.set(xlabel="total cost (sample forward passes, README cost model)", ylabel=label,
+               title="accuracy vs cost", xscale="log")
+        ax.legend(fontsize=8)
+        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(GROUP, key)), fontsize=9)
+        paths += _save(fig, out, f"fraction_{_slug(key)}")
+        plt.close(fig)
+
+    by_noise = [k for k in GROUP if k != "noise"]
+    for key, g in stats.groupby(by_noise, sort=False):
+        if g["noise_rate"].nunique() < 2:
+            continue
+        fractions = sorted(g.loc[~g.full, "fraction"].unique())
+        fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False)
+        for ax, f in zip(axes[0], fractions):
+            for method, m in pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]]).groupby("method", sort=False):
+                m = m.sort_values("noise_rate")
+                _line(ax, m.noise_rate * 100, m["mean"], m["std"], method)
+            ax.set(xlabel="label noise (%)", ylabel=label, title=f"kept {f:.0%}")
+            ax.legend(fontsize=8)
+        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(by_noise, key)), fontsize=9)
+        paths += _save(fig, out, f"noise_{_slug(key)}")
+        plt.close(fig)
+
+    noisy = df[(df.noise_rate > 0) & ~df.full]
+    for key, g in noisy.groupby(GROUP, sort=False):
+        fractions = sorted(g["fraction"].unique())
+        fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False)
+        for ax, f in zip(axes[0], fractions):
+            for method, m in g[g.fraction == f].groupby("method", sort=False):
+                rows = [{"epoch": h["epoch"], "noisy": h["selected_noisy_frac"]}
+                        for cid in m["id"] for h in histories.get(cid, []) if "selected_noisy_frac" in h]
+                if rows:
+                    curve = pd.DataFrame(rows).groupby("epoch")["noisy"].mean()
+                    ax.step(curve.index, curve * 100, where="post", marker="o", label=method)
+            ax.axhline(g["noise_rate"].iloc[0] * 100, ls=":", color="k", label="noise in the training set")
+            ax.set(xlabel="epoch (selection points)", ylabel="noisy samples in the subset (%)", title=f"kept {f:.0%}")
+            ax.legend(fontsize=8)
+        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(GROUP, key)), fontsize=9)
+        paths += _save(fig, out, f"noisy_{_slug(key)}")
+        plt.close(fig)
+    return paths

@@ -1,0 +1,105 @@
+"""Tables and plots from stored numbers: values, bold marks, confidence intervals, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from qcore_bench.cli import main
+from qcore_bench.report import frame, render, summarize
+
+ACC = {  # method -> fraction -> per-seed final accuracy
+    "full": {1.0: [90.0, 91.0, 92.0]},
+    "random": {0.1: [80.0, 82.0, 81.0], 0.3: [85.0, 86.0, 87.5]},
+    "acs": {0.1: [83.0, 84.5, 82.0], 0.3: [85.5, 86.0, 86.0]},
+    "el2n": {0.1: [70.0, 71.0, 72.0], 0.3: [88.0, 88.0, 88.1]},
+}
+
+
+def record(method: str, fraction: float, seed: int, acc: float, budget: str = "per_epoch_fraction",
+           epochs: int = 10) -> dict:
+    config = {"suite": "t", "dataset": {"name": "digits", "root": None, "params": {}}, "model": "resnet8",
+              "w_bits": 2, "a_bits": 32, "noise": {"kind": "symmetric", "rate": 0.1}, "fraction": fraction,
+              "seed": seed, "method": {"name": method, "selector": "full" if method == "full" else method,
+                                       "params": {}}, "budget": {"mode": budget, "include_teacher": False}}
+    result = {"final_acc": acc, "best_acc_over_epochs": acc + 1, "epochs": epochs, "selection_seconds": 0.5,
+              "train_seconds": 2.0, "samples_trained": 100, "distinct_samples_seen": 50, "train_size": 100,
+              "noisy_selected_frac_mean": 0.05, "cost_units": {"total": 400, "selection": 40, "proxy": 60}}
+    return {"id": f"{method}-{fraction}-{seed}-{budget}", "config": config, "result": result}
+
+
+def records(budget: str = "per_epoch_fraction") -> list[dict]:
+    return [record(m, f, s, a, budget) for m, by_f in ACC.items() for f, accs in by_f.items()
+            for s, a in enumerate(accs)]
+
+
+def test_numbers_bold_and_paired_interval_match_scipy() -> None:
+    long = summarize(frame(records()))
+    row = long[(long.method == "acs") & (long.fraction == 0.1)].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(ACC["acs"][0.1]))
+    assert row["std"] == pytest.approx(np.std(ACC["acs"][0.1], ddof=1))
+    d = np.subtract(ACC["acs"][0.1], ACC["random"][0.1])
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (row["delta"], row["ci_low"], row["ci_high"]) == pytest.approx((d.mean(), low, high))
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(ACC["acs"][0.1], ACC["random"][0.1]).pvalue)
+    assert row["paired"]
+    bold = {(r.method, r.fraction) for r in long.itertuples() if r.bold}
+    # 10%: acs best (83.17 ± 1.26); random (81.0) is more than one std below -> not bold
+    # 30%: el2n best (88.03 ± 0.06); nobody else within 0.06
+    assert bold == {("acs", 0.1), ("el2n", 0.3)}
+    full = long[long.method == "full"]
+    assert set(full.fraction) == {0.1, 0.3} and (full["mean"] == 91.0).all() and not full.bold.any()
+
+
+def test_ties_within_one_std_are_both_bold() -> None:
+    recs = [r for r in records() if r["config"]["method"]["name"] != "el2n"]
+    long = summarize(frame(recs))
+    # 30%: random 86.17 ± 1.26 is best; acs 85.83 is within one std -> both bold
+    assert set(long[(long.fraction == 0.3) & long.bold].method) == {"random", "acs"}
+
+
+def test_unpaired_seeds_fall_back_to_welch() -> None:
+    recs = records()
+    for r in recs:
+        if r["config"]["method"]["name"] == "acs":
+            r["config"]["seed"] += 10
+    row = summarize(frame(recs)).query("method == 'acs' and fraction == 0.1").iloc[0]
+    res = stats.ttest_ind(ACC["acs"][0.1], ACC["random"][0.1], equal_var=False)
+    assert not row["paired"]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(res.confidence_interval(0.95)))
+
+
+def test_missing_seeds_are_marked_and_metric_best_is_labelled() -> None:
+    recs = [r for r in records() if not (r["config"]["method"]["name"] == "acs" and r["config"]["seed"] == 2)]
+    out = render(summarize(frame(recs)))
+    assert "(n=2)" in out["md"]
+    best = render(summarize(frame(recs), metric="best"), metric="best")["md"]
+    assert "BEST-over-epochs" in best and "84.75 ± 1.06 (n=2)" in best  # acs 10%: (84 + 85.5) / 2
+
+
+def test_table_command_writes_md_tex_csv_png(tmp_path: Path) -> None:
+    runs = tmp_path / "results" / "runs"
+    for r in records() + records("total_compute"):
+        d = runs / r["id"]
+        d.mkdir(parents=True)
+        (d / "cell.json").write_text(json.dumps({"id": r["id"], "config": r["config"]}))
+        (d / "result.json").write_text(json.dumps(r["result"]))
+        (d / "history.jsonl").write_text(json.dumps({"epoch": 0, "selected_noisy_frac": 0.05}) + "\n")
+    out = tmp_path / "tables"
+    res = CliRunner().invoke(main, ["table", "--results", str(tmp_path / "results"), "--out", str(out), "--fair"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert {"tables.md", "tables.tex", "tables.csv", "fair.md"} <= names
+    assert any(n.startswith("fraction_") and n.endswith(".png") for n in names)
+    assert any(n.startswith("noisy_") and n.endswith(".pdf") for n in names)
+    tex = (out / "tables.tex").read_text()
+    assert r"\toprule" in tex and r"\textbf{83.17 $\pm$ 1.26}" in tex
+    assert "acc @ equal compute" in (out / "fair.md").read_text()
+    csv = (out / "tables.csv").read_text().splitlines()
+    assert csv[0].startswith("dataset,model,bits,noise,budget,method,fraction")
+    assert len(csv) == 1 + 2 * 8  # two budget modes x (full, random, acs, el2n) x 2 fractions
