@@ -83,7 +83,7 @@ def delta(method: pd.DataFrame, ref: pd.DataFrame, metric: str) -> Delta | None:
     if a.empty or b.empty:
         return None
     shared = a.index.intersection(b.index)
-    if len(shared) == len(a) == len(b):
+    if len(shared) >= 2 or len(shared) == len(a) == len(b):  # pair on the seeds both have
         d = (a[shared] - b[shared]).to_numpy()
         n, mean = len(d), float(d.mean())
         if n < 2:
