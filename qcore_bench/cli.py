@@ -6,6 +6,7 @@ Bad input is one line on stderr naming the file and key, exit code 2, nothing wr
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import sys
 from pathlib import Path
@@ -48,6 +49,8 @@ def cache_dir() -> Path:
 @click.version_option(package_name="qcore-bench")
 def main() -> None:
     """Coreset selection for quantization-aware training, benchmarked."""
+    # warnings of the library (a claim taken over, a damaged checkpoint set aside) as one stderr line each
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 # run's executor options: (executor parameter, flag); an option the chosen executor does not take is an error
@@ -110,7 +113,8 @@ def _clear(store: Any, patterns: tuple[str, ...], cells: list[Cell]) -> None:
     labels = {cid: _label(cfg) for cid, cfg in store.stored().items()}
     labels.update({c.id: cell_label(c) for c in cells if store.dir(c.id).exists()})
     for pattern in patterns:
-        hits = [cid for cid, label in labels.items() if fnmatch.fnmatch(cid, pattern) or fnmatch.fnmatch(label, pattern)]
+        hits = [cid for cid, label in labels.items()
+                if fnmatch.fnmatch(cid, pattern) or fnmatch.fnmatch(label, pattern)]
         if not hits:
             _fail(f"--clear {pattern}: matches no stored cell in {store.root}")
         for cid in hits:
@@ -147,18 +151,19 @@ def _clear(store: Any, patterns: tuple[str, ...], cells: list[Cell]) -> None:
 @click.option("--slurm-cluster", "slurm_cluster", type=click.Choice(["slurm", "local", "debug"]), default=None,
               help="slurm: 'local' or 'debug' runs the job array through submitit without a cluster.")
 @click.option("--wait", is_flag=True, default=None, help="slurm: wait for the array and report its cells.")
+@click.option("--wandb", "use_wandb", is_flag=True, help="Log every cell to W&B (= --set wandb.enabled=true).")
 def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, device: str | None,
         executor_name: str, retry_failed: bool, clear: tuple[str, ...], claim_timeout: float | None,
         gpus: str | None, per_gpu: int | None, slots: int | None, partition: str | None, time_min: int | None,
         gpus_per_task: int | None, cpus_per_task: int | None, mem: float | None, array_parallelism: int | None,
-        sbatch: tuple[str, ...], slurm_cluster: str | None, wait: bool | None) -> None:
+        sbatch: tuple[str, ...], slurm_cluster: str | None, wait: bool | None, use_wandb: bool) -> None:
     """Run every cell of SUITE that is not done yet (interrupted cells resume, failed ones are skipped).
 
     Several `run` processes (or machines sharing the results folder) may work on one suite
     at once: each cell is claimed by exactly one of them. Exit status: 0 all done (or
     handed to SLURM), 1 some cells failed, 2 bad input, 130 interrupted (rerun to resume).
     """
-    spec, cells = _cells(suite, overrides, only)
+    spec, cells = _cells(suite, overrides + (("wandb.enabled=true",) if use_wandb else ()), only)
     executor = _executor(executor_name, {
         "gpus": gpus, "per_gpu": per_gpu, "slots": slots, "partition": partition, "time": time_min,
         "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
@@ -238,17 +243,20 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
     The unit every executor runs. Exit status: 0 done, 1 failed, 2 bad input,
     75 another process runs it, 130 interrupted (rerun to resume).
     """
+    import json
+
     from pydantic import ValidationError
 
     from .store import Store, StoreError, read_json
 
-    store, spec = Store(results, _claim_timeout(claim_timeout)), None
+    store, spec, payload = Store(results, _claim_timeout(claim_timeout)), None, {}
     if config is not None:
         source = "--config"
         try:
-            cell = Cell.model_validate_json(config.read())
-        except ValidationError as exc:
-            _fail(f"--config: not a cell config: {exc.errors()[0]['msg']}")
+            payload = json.loads(config.read())
+            cell = Cell.model_validate(payload["cell"])
+        except (ValueError, KeyError, TypeError) as exc:
+            _fail(f"--config: not a cell payload ({str(exc).splitlines()[0]})")
     elif suite_path is not None:
         source = suite_path
         spec, cells = _cells(suite_path, overrides)
@@ -256,6 +264,8 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
         if len(found) != 1:
             _fail(f"{suite_path}: {'no' if not found else 'more than one'} cell with id {cell_id}")
         cell = found[0]
+        wandb = getattr(spec, "wandb", None)
+        payload = {"wandb": wandb.model_dump(mode="json") if wandb is not None else None}
     else:
         path = store.dir(cell_id) / "cell.json"
         source = str(path)
@@ -267,12 +277,11 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
             _fail(f"{path}: not a usable cell config ({str(exc).splitlines()[0]})")
     if cell.id != cell_id and not (spec is not None and cell.id.startswith(cell_id)):
         _fail(f"{source}: holds cell {cell.id}, not {cell_id}")
-    from .executors import run_cell_process
-    from .runner import Runtime, resolve_device
+    from .executors import run_cell_process, runtime_from_payload
 
     dev = device or (spec.device if spec is not None else "auto")
     ebs = eval_batch_size or (spec.eval_batch_size if spec is not None else 1024)
-    sys.exit(run_cell_process(cell, store, Runtime(resolve_device(dev), cache_dir(), ebs), die_with_parent))
+    sys.exit(run_cell_process(cell, store, runtime_from_payload(payload, dev, cache_dir(), ebs), die_with_parent))
 
 
 @main.command()
@@ -298,7 +307,7 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
     from .store import Store
 
     spec, cells = _cells(suite, overrides)
-    store = Store(results)
+    store = Store(results, _claim_timeout(None))
     click.echo("id            dataset   model     bits  fraction noise          method        seed status")
     for c in cells:
         status = store.status(c.id)
@@ -335,15 +344,23 @@ def ls(kind: str, pattern: str) -> None:
         return
     reg = registry(kind)
     names = reg.names(pattern)
-    if not names:
+    deepcore: list[str] = []
+    if kind == "selectors":  # deepcore:<Method> for each method of a DeepCore checkout on PYTHONPATH
+        from .selectors.deepcore import SOURCE, available_methods
+
+        deepcore = fnmatch.filter([f"deepcore:{m}" for m in available_methods()], pattern)
+    if not names and not deepcore:
         _fail(f"no {kind} match '{pattern}'")
     for name in names:
         entry = reg.entries[name]
         click.echo(f"{name:24} {entry.package:16} {entry.target}")
+    for name in deepcore:
+        click.echo(f"{name:24} {SOURCE:16} deepcore.methods.{name.removeprefix('deepcore:')}")
 
 
 REPORT_OPTIONS = [
-    click.option("--suite", "suite_name", default=None, help="Only runs of this suite."),
+    click.option("--suite", "suite_name", default=None,
+                 help="Only the cells of this suite: a suite file (its cells, shared ones included) or a name."),
     click.option("--metric", type=click.Choice(["final", "best"]), default="final", show_default=True,
                  help="final: last-epoch accuracy (the headline); best: best over epochs, labelled as such."),
 ]
@@ -355,25 +372,38 @@ def _report_options(fn: Any) -> Any:
     return fn
 
 
-def _frame(results: str, suite_name: str | None) -> Any:
+def _frame(results: str, suite_name: str | None, from_wandb: str | None = None) -> Any:
     from .report import frame
     from .store import Store
 
-    store = Store(results)
-    df = frame(store.records(), suite_name)
-    for problem in store.problems:  # damaged files: reported, never fatal for the other runs
-        click.echo(f"warning: {problem}", err=True)
+    if from_wandb:
+        from .wandb_log import records_from_wandb
+
+        df = frame(records_from_wandb(from_wandb, group=suite_name), suite_name)
+        source = f"W&B project {from_wandb}"
+    else:
+        store = Store(results)
+        if suite_name and Path(suite_name).is_file():  # a suite file: its cells, whichever suite ran them first,
+            ids = {c.id for mode in ("per_epoch_fraction", "total_compute")  # in either budget mode
+                   for c in _cells(suite_name, (f"budget.mode={mode}",))[1]}
+            df = frame((r for r in store.records() if r["id"] in ids))
+        else:
+            df = frame(store.records(), suite_name)
+        for problem in store.problems:  # damaged files: reported, never fatal for the other runs
+            click.echo(f"warning: {problem}", err=True)
+        source = results
     if df.empty:
-        _fail(f"{results}: no finished runs{f' of suite {suite_name}' if suite_name else ''}")
+        _fail(f"{source}: no finished runs{f' of suite {suite_name}' if suite_name else ''}")
     return df
 
 
-def _plots(results: str, df: Any, out: Path, metric: str) -> list[Path]:
+def _plots(results: str | None, df: Any, out: Path, metric: str) -> list[Path]:
+    """All plots; the noisy-share curves need local histories (none from W&B)."""
     from .plots import plot_all
     from .store import Store
 
-    store = Store(results)
-    return plot_all(df, {cid: store.history(cid) for cid in df["id"]}, out, metric)
+    store = Store(results) if results else None
+    return plot_all(df, {cid: store.history(cid) for cid in df["id"]} if store else {}, out, metric)
 
 
 @main.command()
@@ -385,8 +415,10 @@ def _plots(results: str, df: Any, out: Path, metric: str) -> list[Path]:
 @click.option("--extras", is_flag=True, help="Add selection/training time, noisy share kept and coverage.")
 @click.option("--fair", is_flag=True, help="Also write fair.md: equal fraction vs equal compute, coverage, cost.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Also write the plots (PNG and PDF).")
+@click.option("--from-wandb", "from_wandb", metavar="ENTITY/PROJECT", default=None,
+              help="Build the tables from a W&B project instead of the results folder (--suite: its group).")
 def table(results: str, out: str, suite_name: str | None, metric: str, formats: str, vs: str, extras: bool,
-          fair: bool, plots: bool) -> None:
+          fair: bool, plots: bool, from_wandb: str | None) -> None:
     """Aggregate finished runs into tables (printed as Markdown, written to OUT) and plots."""
     from .report import fair_report, render, summarize, write_reports
 
@@ -394,13 +426,13 @@ def table(results: str, out: str, suite_name: str | None, metric: str, formats: 
     bad = [f for f in fmts if f not in ("md", "tex", "csv")]
     if bad:
         _fail(f"--format: unknown format '{bad[0]}'; expected md, tex or csv")
-    df = _frame(results, suite_name)
+    df = _frame(results, suite_name, from_wandb)
     click.echo(render(summarize(df, metric, vs), metric, vs, extras)["md"])
     if fair:
         click.echo(fair_report(df, vs))
     paths = write_reports(df, Path(out), fmts, metric, vs, extras, fair)
     if plots:
-        paths += _plots(results, df, Path(out), metric)
+        paths += _plots(None if from_wandb else results, df, Path(out), metric)
     click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
 
 
@@ -413,3 +445,13 @@ def plot(results: str, out: str, suite_name: str | None, metric: str) -> None:
     paths = _plots(results, _frame(results, suite_name), Path(out), metric)
     click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
 
+
+
+@main.command()
+@RESULTS
+def sync(results: str) -> None:
+    """Upload the offline W&B runs of a results folder (wandb sync)."""
+    from .wandb_log import sync as wandb_sync
+
+    dirs = wandb_sync(Path(results))
+    click.echo(f"synced {len(dirs)} offline W&B runs from {results}", err=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+DEEPCORE_PREFIX = "deepcore:"  # "deepcore:Uncertainty" is selector deepcore with params {method: Uncertainty}
+
 
 @functools.cache
 def presets() -> dict[str, dict[str, Any]]:
@@ -25,12 +27,18 @@ def presets() -> dict[str, dict[str, Any]]:
 
 
 def resolve_method(entry: Any) -> Any:
-    """Expand a grid method entry that names a preset; anything else is left to validation."""
+    """Expand a grid method entry that names a preset or ``deepcore:<Method>``; the rest is left to validation."""
     if isinstance(entry, str):
         entry = {"name": entry}
-    if not isinstance(entry, dict) or entry.get("selector") or entry.get("name") not in presets():
+    if not isinstance(entry, dict) or entry.get("selector"):
         return entry
-    preset = presets()[entry["name"]]
+    name = entry.get("name")
+    if isinstance(name, str) and name.startswith(DEEPCORE_PREFIX):
+        preset = {"selector": "deepcore", "params": {"method": name.removeprefix(DEEPCORE_PREFIX)}}
+    elif name in presets():
+        preset = presets()[name]
+    else:
+        return entry
     params = entry.get("params", {})
     if not isinstance(params, dict):
         return entry  # validation reports the type error

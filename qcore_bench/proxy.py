@@ -9,6 +9,7 @@ repeat index), so a 5-fraction sweep trains it once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -23,7 +24,7 @@ from pydantic import Field
 import torch
 from torch import nn
 
-from .data import normalize
+from .claims import file_lock
 from .models import build
 from .quant import calibrate, quantize_model
 from .registry import registry
@@ -31,7 +32,7 @@ from .seeding import make_generator
 from .selection import Outputs, compute_outputs
 from .store import atomic_write
 from .suite import Cell, Recipe
-from .training import DeviceData, make_optimizer, make_scheduler, train_epoch
+from .training import DeviceData, autocast, make_optimizer, make_scheduler, to_device, train_epoch
 
 
 class ProxyRecipe(Recipe):
@@ -69,7 +70,7 @@ class ProxyTrainer:
 
     def key(self, recipe: ProxyRecipe, repeat: int) -> str:
         ident = self.cell.identity()
-        what = {k: ident[k] for k in ("dataset", "noise", "seed", "model")}
+        what = {k: ident[k] for k in ("dataset", "noise", "seed", "model", "model_params") if k in ident}
         what.update(recipe=recipe.model_dump(mode="json"), repeat=repeat)
         if recipe.quantized:
             what.update(bits=[self.cell.w_bits, self.cell.a_bits], quant=ident["quant"])
@@ -81,15 +82,18 @@ class ProxyTrainer:
         key = self.key(recipe, repeat)
         path = self.cache_dir / "proxies" / f"{key}.pt"
         run = self._memory.get(key)
-        if run is None and path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            run = ProxyRun(saved["correct"], saved["losses"], Outputs(saved["logits"], saved["features"]),
-                           saved["samples"], saved["seconds"], cached=True)
-        if run is None:
-            run = self._train(recipe, repeat)
-            state = {"correct": run.correct, "losses": run.losses, "logits": run.outputs.logits,
-                     "features": run.outputs.features, "samples": run.samples, "seconds": run.seconds}
-            atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+        with contextlib.ExitStack() as lock:
+            if run is None and not path.is_file():  # one process trains it; others wait here, then load it
+                lock.enter_context(file_lock(path))
+            if run is None and path.is_file():
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                run = ProxyRun(saved["correct"], saved["losses"], Outputs(saved["logits"], saved["features"]),
+                               saved["samples"], saved["seconds"], cached=True)
+            if run is None:
+                run = self._train(recipe, repeat)
+                state = {"correct": run.correct, "losses": run.losses, "logits": run.outputs.logits,
+                         "features": run.outputs.features, "samples": run.samples, "seconds": run.seconds}
+                atomic_write(path, lambda f: torch.save(state, f), mode="wb")
         self._memory[key] = ProxyRun(run.correct, run.losses, run.outputs, run.samples, run.seconds, cached=True)
         self._memory.move_to_end(key)
         while len(self._memory) > self._memory_size:
@@ -103,20 +107,21 @@ class ProxyTrainer:
 
     def _train(self, recipe: ProxyRecipe, repeat: int) -> ProxyRun:
         start = time.perf_counter()
-        dev, n = self.data.train_x.device, len(self.labels)
+        dev, n = self.data.device, len(self.labels)
         if recipe.init == "teacher":
             model = copy.deepcopy(self.teacher)
             for p in model.parameters():
                 p.requires_grad_(True)
         else:
-            model = build(registry("models").get(self.cell.model), self.num_classes, self.in_channels,
-                          make_generator(self.cell.seed, "proxy-init", repeat)).to(dev)
+            model = to_device(build(registry("models").get(self.cell.model), self.num_classes, self.in_channels,
+                                    make_generator(self.cell.seed, "proxy-init", repeat), self.cell.model_params), dev)
         if recipe.quantized:
-            model = quantize_model(model, self.cell.w_bits, self.cell.a_bits, first_last=self.cell.quant.first_last,
-                                   quantize_downsample=self.cell.quant.quantize_downsample)
+            quant = self.cell.quant
+            model = to_device(quantize_model(model, self.cell.w_bits, self.cell.a_bits, first_last=quant.first_last,
+                                             quantize_downsample=quant.quantize_downsample, policy=quant.policy), dev)
             first = torch.randperm(n, generator=make_generator(self.cell.seed, "proxy-calibrate", repeat))
-            calibrate(model, normalize(self.data.train_x[first[:recipe.batch_size].to(dev)],
-                                       self.data.mean, self.data.std))
+            calibrate(model, torch.cat(list(self.data.train_eval_batches(recipe.batch_size,
+                                                                         first[:recipe.batch_size]))))
         opt = make_optimizer(model, recipe)
         sched = make_scheduler(opt, recipe)
         correct = torch.zeros(recipe.epochs, n, dtype=torch.bool, device=dev)
@@ -128,9 +133,10 @@ class ProxyTrainer:
                 correct[e, idx] = logits.argmax(1) == self.labels[idx]
                 losses[e, idx] = loss.float()
             train_epoch(model, opt, self.data, self.labels, everything, batch_size=recipe.batch_size,
-                        augmented=recipe.augment, on_batch=record,
+                        augmented=recipe.augment, on_batch=record, amp=not recipe.quantized,
                         generator=make_generator(self.cell.seed, "proxy-train", repeat, epoch))
             sched.step()
-        outputs = compute_outputs(model, lambda: self.data.batches(self.data.train_x, self.eval_batch_size))
+        with autocast(dev, not recipe.quantized):
+            outputs = compute_outputs(model, lambda: self.data.train_eval_batches(self.eval_batch_size))
         return ProxyRun(correct.cpu(), losses.cpu(), Outputs(outputs.logits.cpu(), outputs.features.cpu()),
                         recipe.epochs * n, time.perf_counter() - start, cached=False)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _MIN_STEP = 1e-8  # keeps x / step finite when the first batch is all zeros
 
@@ -28,15 +29,68 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"unsupported bit width {bits}; supported: 2..8 or 32")
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round in the forward pass, identity in the backward pass (straight-through)."""
-    return x + (torch.round(x) - x).detach()
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b), without a full-size temporary when both share a dense layout."""
+    if a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype:
+        if a.is_contiguous() and b.is_contiguous():
+            return torch.dot(a.reshape(-1), b.reshape(-1))
+        if a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(
+            memory_format=torch.channels_last
+        ):
+            return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
+    return torch.sum(a * b, dtype=torch.promote_types(a.dtype, torch.float32))
 
 
-def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Return x unchanged but with its gradient multiplied by ``scale``."""
-    y = x * scale
-    return (x - y).detach() + y
+class _LSQFunction(torch.autograd.Function):
+    """LSQ's forward and its exact gradients as one autograd node.
+
+    Forward: v = x / s, out = round(clamp(v, Qn, Qp)) * s. Backward (Esser et al., eqs. 3
+    and 5): dL/dx = dL/dout where Qn < v < Qp, else 0; dL/ds = g * sum(dL/dout * dq) with
+    dq = round(v) - v inside, Qn below, Qp above. A value exactly at a clip edge counts as
+    clipped, as in the paper, whatever the torch version (torch's clamp has let the gradient
+    through at its bounds in some versions and not in others).
+
+    Why a Function: written out, this is three full-size temporaries in the forward and
+    one in the backward, where the autograd graph of round/clamp/gradient-scale tricks
+    builds several times as many, and on a CPU every fresh large tensor costs page faults
+    on top of its memory pass. dq is summed directly, not as sum(dout * round(v)) -
+    sum(dout * v), which cancels badly at 8 bits.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: torch.Tensor, grad_scale: float, qn: int, qp: int) -> torch.Tensor:
+        v = torch.div(x, step)
+        rounded = torch.clamp(v, qn, qp).round_()
+        dq = None
+        if ctx.needs_input_grad[1]:
+            dq = torch.ops.aten.hardtanh_backward(v, v, qn, qp)  # v strictly inside the range, else 0
+            torch.sub(rounded, dq, out=dq)
+        ctx.save_for_backward(v if ctx.needs_input_grad[0] else None, dq)
+        ctx.grad_scale, ctx.qn, ctx.qp, ctx.step_dtype = grad_scale, qn, qp, step.dtype
+        return rounded.mul_(step)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        v, dq = ctx.saved_tensors
+        grad_x = grad_step = None
+        if v is not None:
+            grad_x = torch.ops.aten.hardtanh_backward(grad_out, v, ctx.qn, ctx.qp)
+        if dq is not None:
+            grad_step = (_dot(grad_out, dq) * ctx.grad_scale).to(ctx.step_dtype).reshape(())
+        return grad_x, grad_step, None, None, None
+
+
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, grad_scale: float, qn: int, qp: int) -> torch.Tensor:
+    """LSQ fake quantization ``round(clamp(x / step, qn, qp)) * step``.
+
+    The step size's gradient is multiplied by ``grad_scale`` (LSQ's 1/sqrt(N * Qp)); x gets
+    the straight-through gradient inside the range. Without autograd (evaluation, selection
+    scoring) it is four in-place passes over one temporary.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad):
+        return _LSQFunction.apply(x, step, grad_scale, qn, qp)
+    return torch.div(x, step).clamp_(qn, qp).round_().mul_(step)
 
 
 class LSQ(nn.Module):
@@ -98,8 +152,7 @@ class LSQ(nn.Module):
                 self._init_step(x)
             self._ready = True
         n = x[0].numel() if self.per_sample else x.numel()
-        s = grad_scale(self.step, 1.0 / math.sqrt(n * self.qp))
-        return round_ste(torch.clamp(x / s, self.qn, self.qp)) * s
+        return lsq_quantize(x, self.step, 1.0 / math.sqrt(n * self.qp), self.qn, self.qp)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, per_sample={self.per_sample}"
@@ -219,25 +272,53 @@ def _quantize_layer(
     return QLinear.from_float(layer, w_bits, a_bits, act_signed)
 
 
+POLICIES = ("all", "acs_resnet", "weight_only_blocks")
+
+
+def _policy_bits(name: str, module: nn.Module, policy: str, w_bits: int, a_bits: int,
+                 quantize_downsample: bool) -> tuple[int, int] | None:
+    """(w_bits, a_bits) of a layer other than conv1/fc under ``policy``, or None to keep it FP."""
+    shortcut = "shortcut" in name or "downsample" in name
+    if shortcut and (policy == "acs_resnet" or not quantize_downsample):
+        return None
+    if policy == "acs_resnet":
+        three_by_three = isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and module.groups == 1
+        return (w_bits, a_bits) if three_by_three else None
+    if policy == "weight_only_blocks":
+        return (w_bits, 32) if isinstance(module, nn.Conv2d) and name != "conv_last" else None
+    return w_bits, a_bits
+
+
 def quantize_model(
     model: nn.Module,
     w_bits: int,
     a_bits: int,
     first_last: str = "fp",
     quantize_downsample: bool = True,
+    policy: str = "all",
 ) -> nn.Module:
-    """Deep copy of ``model`` with every Conv2d/Linear replaced by its LSQ-quantized version.
+    """Deep copy of ``model`` with its Conv2d/Linear layers replaced by LSQ-quantized versions.
 
     The stem ``conv1`` and classifier ``fc`` stay full precision (``first_last="fp"``) or
     use W8/A8 (``"8bit"``; the stem's input is a normalised image, so its activation
-    quantizer is signed). Other activation quantizers are unsigned because their inputs are
-    post-ReLU in our ResNets. ``quantize_downsample=False`` keeps shortcut/downsample convs FP.
+    quantizer is signed). ``policy`` picks the other layers quantized at W/A:
+    "all": every Conv2d/Linear (shortcut/downsample convs only if ``quantize_downsample``);
+    "acs_resnet": only the 3x3 convs of the residual blocks, with their input activations
+    (shortcuts FP; the ACS code's ResNet-18); "weight_only_blocks": the weights of every
+    block conv, activations FP (needs a_bits 32; the last 1x1 ``conv_last`` stays FP; the
+    ACS code's MobileNetV2). Activation quantizers are unsigned (post-ReLU inputs) except
+    for the layers the model lists in its ``signed_inputs``.
     """
     _check_bits(w_bits)
     _check_bits(a_bits)
     if first_last not in ("fp", "8bit"):
         raise ValueError(f"first_last must be 'fp' or '8bit', got {first_last!r}")
+    if policy not in POLICIES:
+        raise ValueError(f"quantization policy must be one of {list(POLICIES)}, got {policy!r}")
+    if policy == "weight_only_blocks" and a_bits != 32:
+        raise ValueError(f"policy 'weight_only_blocks' keeps activations full precision: use bits {w_bits}/32")
     qmodel = copy.deepcopy(model)
+    signed = getattr(qmodel, "signed_inputs", frozenset())
     replacements: dict[str, nn.Module] = {}
     for name, module in qmodel.named_modules():
         if isinstance(module, (QConv2d, QLinear)):
@@ -247,14 +328,17 @@ def quantize_model(
         if name in ("conv1", "fc"):
             if first_last == "8bit":
                 replacements[name] = _quantize_layer(module, 8, 8, act_signed=(name == "conv1"))
-        elif not quantize_downsample and ("shortcut" in name or "downsample" in name):
             continue
-        else:
-            replacements[name] = _quantize_layer(module, w_bits, a_bits)
+        bits = _policy_bits(name, module, policy, w_bits, a_bits, quantize_downsample)
+        if bits is not None:
+            replacements[name] = _quantize_layer(module, *bits, act_signed=name in signed)
+    if policy != "all" and not any(name not in ("conv1", "fc") for name in replacements):
+        raise ValueError(f"quantization policy {policy!r} quantizes no layer of {type(model).__name__}")
     for name, new in replacements.items():
         parent_name, _, child_name = name.rpartition(".")
         setattr(qmodel.get_submodule(parent_name), child_name, new)
     qmodel.quant_policy = {
+        "policy": policy,
         "w_bits": w_bits,
         "a_bits": a_bits,
         "first_last": first_last,

@@ -18,7 +18,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("selectors", "datasets", "models")
+GROUPS = ("selectors", "datasets", "models", "executors")
 
 
 class UnknownNameError(KeyError):

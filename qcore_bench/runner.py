@@ -8,7 +8,9 @@ due, train on the subset, evaluate on the full test set, checkpoint.
 from __future__ import annotations
 
 import functools
+import logging
 import json
+import os
 import platform
 import socket
 import time
@@ -21,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .data import ImageData, apply_label_noise, normalize
+from .data import ImageData, apply_label_noise
+from .data.bundle import FileData
+from .data.device import device_data
 from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
@@ -30,9 +34,11 @@ from .proxy import ProxyTrainer
 from .selection import SelectionContext, compute_outputs, validate_selection
 from .store import Store
 from .suite import Cell, DatasetSpec
-from .teacher import get_teacher
-from .training import DeviceData, evaluate, kd_loss, make_optimizer, make_scheduler, train_epoch
+from .teacher import OutputCache, get_teacher
+from .wandb_log import WandbCfg, WandbRun
+from .training import autocast, evaluate, kd_loss, make_optimizer, make_scheduler, to_device, train_epoch
 
+log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, int, float], None]  # (epoch, total_epochs, test_acc)
 
 
@@ -43,6 +49,17 @@ class Runtime:
     device: torch.device
     cache_dir: Path
     eval_batch_size: int = 1024
+    wandb: WandbCfg | None = None
+    num_workers: int | None = None  # DataLoader workers for file data sets (ImageNet)
+
+    @property
+    def workers(self) -> int:
+        """``num_workers``, else $QCORE_NUM_WORKERS, else one per CPU core this process may use, up to 8."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if os.environ.get("QCORE_NUM_WORKERS"):
+            return int(os.environ["QCORE_NUM_WORKERS"])
+        return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,12 +69,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_data(spec_json: str, root: str | None, cache_dir: Path) -> ImageData:
+def _load_data(spec_json: str, root: str | None, cache_dir: Path) -> ImageData | FileData:
     spec = DatasetSpec.model_validate_json(spec_json)
     return registry("datasets").get(spec.name)(root, cache_dir, **spec.params)
 
 
-def load_data(spec: DatasetSpec, cache_dir: Path) -> ImageData:
+def load_data(spec: DatasetSpec, cache_dir: Path) -> ImageData | FileData:
     """The data set of a spec, loaded once per process."""
     return _load_data(json.dumps({"name": spec.name, "params": spec.params}, sort_keys=True), spec.root, cache_dir)
 
@@ -70,65 +87,95 @@ def provenance() -> dict[str, Any]:
 def run_cell(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     """Run (or resume) one cell to completion and store its result; returns the result."""
     store.begin(cell, provenance())
+    wb = WandbRun(rt.wandb, cell, store.dir(cell.id), log.warning) if rt.wandb and rt.wandb.enabled else None
+    if wb:
+        wb.start()
     try:
-        return _run(cell, store, rt, on_epoch)
-    except KeyboardInterrupt:
-        store.interrupt(cell.id)  # resumable from its last checkpoint
+        result = _run(cell, store, rt, on_epoch, wb.epoch if wb else None)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            store.interrupt(cell.id)  # resumable from its last checkpoint
+        if wb:
+            wb.finish(None)
         raise
+    if wb:
+        wb.finish(result)
+    return result
 
 
-def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) -> dict[str, Any]:
+def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
+         log_line: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     dev = rt.device
     data = load_data(cell.dataset, rt.cache_dir)
     labels, noise_mask = apply_label_noise(data.train_y, data.num_classes, cell.noise.kind, cell.noise.rate,
                                            make_generator(cell.seed, "label-noise"))
-    ddata = DeviceData.from_data(data, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    ddata = device_data(data, dev, rt.workers)
     labels_dev, n = labels.to(dev), len(labels)
 
     teacher, tinfo = get_teacher(cell, ddata, labels_dev, data.num_classes, data.in_channels,
                                  rt.cache_dir, rt.eval_batch_size)
+    kd = cell.train.kd
+    kd_teacher, kd_info = teacher, tinfo  # the distillation teacher: the DS reference unless kd.teacher names one
+    if kd.enabled and kd.teacher is not None:
+        kd_teacher, kd_info = get_teacher(cell, ddata, labels_dev, data.num_classes, data.in_channels,
+                                          rt.cache_dir, rt.eval_batch_size, spec=kd.teacher, weights=kd.weights)
     student = quantize_model(teacher, cell.w_bits, cell.a_bits, first_last=cell.quant.first_last,
-                             quantize_downsample=cell.quant.quantize_downsample)
+                             quantize_downsample=cell.quant.quantize_downsample, policy=cell.quant.policy)
+    student = to_device(student, dev)  # the quantized layers are rebuilt contiguous: channels_last again
     for p in student.parameters():
         p.requires_grad_(True)
     first = torch.randperm(n, generator=make_generator(cell.seed, "calibrate"))[: cell.train.batch_size]
-    calibrate(student, normalize(ddata.train_x[first.to(dev)], data.mean, data.std))
+    calibrate(student, torch.cat(list(ddata.train_eval_batches(len(first), first))))
+    train_model = torch.compile(student) if cell.train.compile else student  # shares the student's parameters
 
     opt = make_optimizer(student, cell.train)
     selector = registry("selectors").get(cell.method.selector)(**cell.method.params)
-    kd = cell.train.kd
     teacher_outputs: dict[str, Any] = {}
+    frozen_outputs = OutputCache(rt.cache_dir, rt.eval_batch_size)
     proxies = ProxyTrainer(cell, ddata, labels_dev, data.num_classes, data.in_channels, teacher,
                            rt.cache_dir, rt.eval_batch_size)
 
     def outputs_of(model: torch.nn.Module) -> Callable[[], Any]:
         def run() -> Any:
             state["units"]["selection"] += n  # one scoring pass over the training set
-            return compute_outputs(model, lambda: ddata.batches(ddata.train_x, rt.eval_batch_size))
+            return compute_outputs(model, lambda: ddata.train_eval_batches(rt.eval_batch_size))
         return run
 
-    def teacher_out() -> Any:  # the teacher is frozen: once per run
-        if "out" not in teacher_outputs:
-            teacher_outputs["out"] = outputs_of(teacher)()
-        return teacher_outputs["out"]
+    def frozen_out(which: str, model: torch.nn.Module, key: str) -> Callable[[], Any]:
+        def run() -> Any:  # frozen: computed once (on disk, shared by cells), charged to each run that reads it
+            if which not in teacher_outputs:
+                state["units"]["selection"] += n
+                teacher_outputs[which] = frozen_outputs(model, key, cell, ddata)
+            return teacher_outputs[which]
+        return run
+
+    def train_images() -> torch.Tensor:  # ctx.train_images(): normalised, un-augmented, on the CPU
+        return torch.cat([x.float().cpu() for x in ddata.train_eval_batches(rt.eval_batch_size)]).contiguous()
+
+    output_fns = {"teacher": frozen_out("teacher", teacher, tinfo.key)}
+    if kd_teacher is not teacher:
+        output_fns["kd_teacher"] = frozen_out("kd_teacher", kd_teacher, kd_info.key)
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t_logits = teacher(x)
-        loss = kd_loss(logits, t_logits, kd.temperature)
+        with torch.no_grad(), autocast(dev, True):
+            t_logits = kd_teacher(x)
+        loss = kd_loss(logits, t_logits.float(), kd.temperature)
         return loss + kd.hard_weight * F.cross_entropy(logits, y, reduction="none") if kd.hard_weight else loss
 
     state = store.load_checkpoint(cell.id)
-    sched = None
+    resumed = state is not None
     if state is None:
         state = {"epoch": 0, "epochs": cell.train.epochs, "history": [], "subset": None, "weights": None,
                  "seen": torch.zeros(n, dtype=torch.bool), "selection_seconds": 0.0, "train_seconds": 0.0,
                  "selections": 0, "samples": 0, "noisy_selected": [], "proxy": proxies.cost,
                  "units": {"train": 0, "selection": 0, "proxy": 0,
                            "teacher": train_units(tinfo.samples, False) if cell.budget.include_teacher else 0}}
-    else:
+    # the schedule reads the run's length at every step: total_compute may re-plan it
+    sched = make_scheduler(opt, cell.train, lambda: state["epochs"])
+    if resumed:  # the optimizer's state after the scheduler's creation, which resets lr
         student.load_state_dict(state["model"])
-        sched = make_scheduler(opt, cell.train, state["epochs"])  # before the optimizer's state: it resets lr
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         proxies.cost = state["proxy"]
@@ -137,13 +184,13 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
         epoch, total = state["epoch"], state["epochs"]
         line: dict[str, Any] = {"epoch": epoch}
         if selector.due(epoch):
-            start = time.perf_counter()
+            start, units_before = time.perf_counter(), sum(state["units"].values())
             ctx = SelectionContext(epoch=epoch, total_epochs=total, fraction=cell.fraction, labels=labels,
                                    num_classes=data.num_classes, balanced=cell.selection.balanced,
                                    student=student, teacher=teacher,
-                                   output_fns={"student": outputs_of(student), "teacher": teacher_out},
+                                   output_fns={"student": outputs_of(student), **output_fns},
                                    generator=make_generator(cell.seed, "select", epoch), device=dev, seed=cell.seed,
-                                   proxy_fn=proxies)
+                                   proxy_fn=proxies, images_fn=train_images)
             sel = validate_selection(selector.select(ctx), n=n, budget=ctx.budget, name=cell.method.name,
                                      variable_budget=selector.variable_budget)
             seconds = time.perf_counter() - start
@@ -153,20 +200,17 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
             state["seen"][sel.indices] = True
             state["noisy_selected"].append(noisy)
             state["units"]["proxy"] = TRAIN_UNITS * proxies.cost["samples"] + n * proxies.cost["runs"]
+            if cell.budget.mode == "total_compute":  # re-plan the run's length now that this selection's cost is known
+                spent = sum(state["units"].values())
+                state["epochs"] = total = plan_epochs(
+                    epochs=cell.train.epochs, per_epoch=len(sel.indices), kd=kd.enabled, spent=spent,
+                    per_selection=spent - units_before, due=selector.due, start=epoch)
             line.update(selected=len(sel.indices), selected_noisy_frac=noisy, selection_seconds=seconds,
                         forward_seconds=ctx.forward_seconds, proxy_seconds=ctx.proxy_seconds, **ctx.metrics)
-        if sched is None:  # after the first selection: its cost decides the epochs under total_compute
-            if cell.budget.mode == "total_compute":
-                u = state["units"]
-                state["epochs"] = total = plan_epochs(
-                    epochs=cell.train.epochs, per_epoch=len(state["subset"]), kd=kd.enabled,
-                    spent=u["selection"] + u["proxy"] + u["teacher"], per_selection=n if selector.adaptive else 0,
-                    due=selector.due)
-            sched = make_scheduler(opt, cell.train, state["epochs"])
         start = time.perf_counter()
         line["lr"] = opt.param_groups[0]["lr"]
         line["train_loss"] = train_epoch(
-            student, opt, ddata, labels_dev, state["subset"], batch_size=cell.train.batch_size,
+            train_model, opt, ddata, labels_dev, state["subset"], batch_size=cell.train.batch_size,
             augmented=cell.train.augment, generator=make_generator(cell.seed, "train", epoch),
             weights=state["weights"], per_sample_loss=loss_fn if kd.enabled else None)
         sched.step()
@@ -179,6 +223,8 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
                      scheduler=sched.state_dict())
         store.save_checkpoint(cell.id, state, line)
         store.heartbeat(cell.id)
+        if log_line:
+            log_line(line)
         if on_epoch:
             on_epoch(epoch, total, line["test_acc"])
 
@@ -200,6 +246,8 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) 
         "proxy": proxies.cost,
         "teacher": {"key": tinfo.key, "test_acc": tinfo.test_acc, "seconds": tinfo.seconds,
                     "samples": tinfo.samples, "cached": tinfo.cached},
+        **({"kd_teacher": {"key": kd_info.key, "test_acc": kd_info.test_acc, "seconds": kd_info.seconds,
+                           "samples": kd_info.samples, "cached": kd_info.cached}} if kd_teacher is not teacher else {}),
         "quant_policy": student.quant_policy,
         "device": str(dev),
     }

@@ -130,7 +130,8 @@ class SelectionContext:
                  num_classes: int, balanced: bool, student: nn.Module, teacher: nn.Module,
                  output_fns: dict[str, Callable[[], Outputs]], generator: torch.Generator,
                  device: torch.device, seed: int,
-                 proxy_fn: Callable[[Any, int], Any] | None = None) -> None:
+                 proxy_fn: Callable[[Any, int], Any] | None = None,
+                 images_fn: Callable[[], torch.Tensor] | None = None) -> None:
         self.epoch = epoch
         self.total_epochs = total_epochs
         self.fraction = fraction
@@ -144,6 +145,7 @@ class SelectionContext:
         self.seed = seed
         self._output_fns = output_fns
         self._proxy_fn = proxy_fn
+        self._images_fn = images_fn
         self._outputs: dict[str, Outputs] = {}
         self.metrics: dict[str, float] = {}
         self.budget = max(1, round(fraction * len(labels)))
@@ -170,6 +172,16 @@ class SelectionContext:
             self._outputs[which] = self._output_fns[which]()
             self.forward_seconds += time.perf_counter() - start
         return self._outputs[which]
+
+    def train_images(self) -> torch.Tensor:
+        """The whole training set, normalised and un-augmented, as one float [n, C, H, W] CPU tensor.
+
+        For selectors that run their own models on the images (the DeepCore adapter); it
+        materialises the set in memory, so only small-image data sets suit it.
+        """
+        if self._images_fn is None:
+            raise RuntimeError("this context has no training images (SelectionContext built without images_fn)")
+        return self._images_fn()
 
     def proxy(self, repeats: int = 1, **recipe: Any) -> list[Any]:
         """``repeats`` independently seeded proxy runs (``qcore_bench.proxy.ProxyRun``).

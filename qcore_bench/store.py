@@ -16,7 +16,6 @@ A cell is run only by the process holding its claim.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -72,9 +71,14 @@ class Store:
     def __init__(self, root: str | Path, claim_timeout_s: float | None = None) -> None:
         self.root = Path(root)
         self.runs = self.root / "runs"
-        self.claim_timeout = claim_timeout(claim_timeout_s)
+        self._claim_timeout_s = claim_timeout_s
         self._claims: dict[str, Claim] = {}
         self.problems: list[str] = []  # unreadable files met by records(), for the caller to report
+
+    @property
+    def claim_timeout(self) -> float:
+        """Seconds without a heartbeat after which a claim is stale (read only where claims matter)."""
+        return claim_timeout(self._claim_timeout_s)
 
     def dir(self, cell_id: str) -> Path:
         return self.runs / cell_id
@@ -264,7 +268,3 @@ class Store:
                              "not cleared")
         shutil.rmtree(d)
         claim.release()
-
-    def matching(self, pattern: str) -> list[str]:
-        """Stored cell ids matching a shell-style pattern."""
-        return sorted(p.name for p in self.runs.glob("*") if p.is_dir() and fnmatch.fnmatch(p.name, pattern))

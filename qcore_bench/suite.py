@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .presets import presets, resolve_method
 from .registry import UnknownNameError, did_you_mean, registry
+from .wandb_log import WandbCfg
 
 
 class SuiteError(ValueError):
@@ -30,12 +31,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelSpec(Strict):
+    """A registered model and its parameters, e.g. ``{name: mobilenetv2, params: {width: 0.5}}``."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
 class KD(Strict):
-    """Distillation from the teacher: soft cross-entropy at a temperature, plus a hard-label term."""
+    """Distillation: soft cross-entropy at a temperature, plus a hard-label term.
+
+    ``teacher`` names another full-precision model as the distillation teacher (e.g.
+    ResNet-101 on ImageNet); by default it is the DS reference (the student's architecture).
+    ``weights``: a path to its published weights (where they lie: not part of the cell id).
+    """
 
     enabled: bool = False
     temperature: Annotated[float, Field(gt=0)] = 1.0
     hard_weight: Annotated[float, Field(ge=0)] = 0.0
+    teacher: ModelSpec | None = None
+    weights: str | None = None
 
 
 class Recipe(Strict):
@@ -51,21 +71,32 @@ class Recipe(Strict):
 
 
 class Train(Recipe):
-    """The QAT recipe every method shares."""
+    """The QAT recipe every method shares. ``compile``: torch.compile the student's training step."""
 
     kd: KD = KD()
+    compile: bool = False
 
 
 class Teacher(Recipe):
-    """The full-precision model trained on the full (noisy) training set; the student starts from it."""
+    """The full-precision model of the student's architecture: the DS reference and the student's start.
+
+    Trained on the full (noisy) training set with this recipe, or, with ``pretrained``,
+    loaded from published weights (torchvision's for ``resnet18_imagenet``) found in the
+    torch hub cache or at ``weights`` (a path: not part of the cell id).
+    """
 
     epochs: Annotated[int, Field(gt=0)] = 30
     lr: Annotated[float, Field(gt=0)] = 0.1
+    pretrained: bool = False
+    weights: str | None = None
 
 
 class Quant(Strict):
+    """Which layers are quantized; ``policy`` as in ``qcore_bench.quant.quantize_model``."""
+
     first_last: Literal["fp", "8bit"] = "fp"
     quantize_downsample: bool = True
+    policy: Literal["all", "acs_resnet", "weight_only_blocks"] = "all"
 
 
 class SelectionCfg(Strict):
@@ -135,7 +166,7 @@ def _listify(v: Any) -> Any:
 
 class Grid(Strict):
     dataset: Annotated[list[DatasetSpec], Field(min_length=1)]
-    model: Annotated[list[str], Field(min_length=1)]
+    model: Annotated[list[ModelSpec], Field(min_length=1)]
     bits: Annotated[list[str], Field(min_length=1)]
     fraction: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
     noise: Annotated[list[NoiseSpec], Field(min_length=1)] = [NoiseSpec(kind="none")]
@@ -155,6 +186,20 @@ class Grid(Strict):
         return values
 
 
+class SlurmCfg(Strict):
+    """Cluster settings for ``run --executor slurm`` (runtime only: not part of any cell id)."""
+
+    partition: str | None = None
+    time: Annotated[int, Field(gt=0)] = 240  # minutes per task; a longer cell is requeued and resumes
+    gpus_per_task: Annotated[int, Field(ge=0)] = 1
+    cpus_per_task: Annotated[int, Field(gt=0)] | None = None
+    mem: Annotated[float, Field(gt=0)] | None = None  # GB per task
+    array_parallelism: Annotated[int, Field(gt=0)] = 64  # tasks running at once
+    max_timeouts: Annotated[int, Field(ge=0)] = 10  # requeues after time-outs (preemptions are unlimited)
+    sbatch: dict[str, str | int | float | bool] = {}  # extra sbatch options, e.g. {account: proj, qos: high}
+    setup: list[str] = []  # shell lines run before each task, e.g. 'source ~/venv/bin/activate'
+
+
 class Suite(Strict):
     name: str
     description: str = ""
@@ -167,6 +212,8 @@ class Suite(Strict):
     # runtime settings: they do not change results and are not part of a cell's id
     device: str = "auto"
     eval_batch_size: Annotated[int, Field(gt=0)] = 1024
+    wandb: WandbCfg = WandbCfg()
+    slurm: SlurmCfg = SlurmCfg()
 
 
 def parse_bits(text: str) -> tuple[int, int]:
@@ -181,6 +228,24 @@ def parse_bits(text: str) -> tuple[int, int]:
         if not bits_supported(b):
             raise ValueError(f"{kind} bits {b} in '{text}' not supported: expected 2..8 or 32")
     return w, a
+
+
+_NOT_IN_ID = (("dataset", "root"), ("teacher", "weights"), ("train", "kd", "weights"), ("train", "compile"))
+_ID_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("model_params",): {},
+    ("quant", "policy"): "all",
+    ("teacher", "pretrained"): False,
+    ("train", "kd", "teacher"): None,
+}
+
+
+def _drop(tree: dict[str, Any], path: tuple[str, ...], only_if: Any = ...) -> None:
+    """Remove the key at ``path`` (only when its value equals ``only_if``, if given)."""
+    *parents, key = path
+    for p in parents:
+        tree = tree.get(p, {})
+    if key in tree and (only_if is ... or tree[key] == only_if):
+        del tree[key]
 
 
 class Cell(Strict):
@@ -200,11 +265,17 @@ class Cell(Strict):
     teacher: Teacher
     selection: SelectionCfg
     budget: Budget
+    model_params: dict[str, Any] = {}
 
     def identity(self) -> dict[str, Any]:
-        """The canonical config: without the suite name and the data root (where the data lies)."""
+        """The canonical config: without the suite name, paths (where data and weights lie) and
+        torch.compile; keys added later are left out while at their default, so the ids of
+        suites that do not use them stay what they were."""
         ident = self.model_dump(mode="json", exclude={"suite"})
-        ident["dataset"].pop("root")
+        for path in _NOT_IN_ID:
+            _drop(ident, path)
+        for path, default in _ID_NEUTRAL_DEFAULTS.items():
+            _drop(ident, path, default)
         return ident
 
     @property
@@ -328,11 +399,23 @@ def _check_names(suite: Suite, file: str) -> None:
         except UnknownNameError as exc:
             raise SuiteError(f"{key}.name: {exc}") from None
         _bind(loader, ds.params, f"{key}.params", skip=2)
-    for i, name in enumerate(g.model):
+    models = [(f"{file}: grid.model[{i}]", m, suite.teacher.weights) for i, m in enumerate(g.model)]
+    if suite.train.kd.teacher is not None:
+        models.append((f"{file}: train.kd.teacher", suite.train.kd.teacher, suite.train.kd.weights))
+    for key, spec, weights in models:
         try:
-            registry("models").get(name)
+            arch = registry("models").get(spec.name)
         except UnknownNameError as exc:
-            raise SuiteError(f"{file}: grid.model[{i}]: {exc}") from None
+            raise SuiteError(f"{key}: {exc}") from None
+        _bind(arch, spec.params, f"{key}.params", skip=2)
+        if suite.teacher.pretrained and weights is None and not getattr(arch, "weights_file", None):
+            raise SuiteError(f"{key}: model '{spec.name}' has no published weights for teacher.pretrained; "
+                             f"give a state dict's path ({'train.kd' if 'kd' in key else 'teacher'}.weights)")
+    if suite.quant.policy == "weight_only_blocks":
+        for i, bits in enumerate(g.bits):
+            if parse_bits(bits)[1] != 32:
+                raise SuiteError(f"{file}: grid.bits[{i}]: policy 'weight_only_blocks' keeps activations full "
+                                 f"precision: write W/32, got '{bits}'")
     names = [m.name for m in g.method]
     for i, m in enumerate(g.method):
         key = f"{file}: grid.method[{i}]"
@@ -341,13 +424,25 @@ def _check_names(suite: Suite, file: str) -> None:
         try:
             cls = registry("selectors").get(m.selector)
         except UnknownNameError as exc:
+            if m.selector in registry("selectors"):  # registered, but its plugin failed to import
+                raise SuiteError(f"{key}: {exc}") from None
             known = [*registry("selectors").names(), *presets()]
             raise SuiteError(f"{key}: unknown method '{m.selector}'{did_you_mean(m.selector, known)}") from None
+        from .selection import Selector
+
+        if not (isinstance(cls, type) and issubclass(cls, Selector)):
+            entry = registry("selectors").entries[m.selector]
+            raise SuiteError(f"{key}: selector '{m.selector}' (from package {entry.package}, {entry.target}) "
+                             f"is not a subclass of qcore_bench.Selector")
         _bind(cls, m.params, f"{key}.params")
         try:
-            cls(**m.params)
+            selector = cls(**m.params)
         except (TypeError, ValueError) as exc:
             raise SuiteError(f"{key}.params: {exc}") from None
+        if selector.adaptive and cls.uses_fraction and 1.0 in g.fraction:
+            raise SuiteError(f"{file}: grid.fraction[{g.fraction.index(1.0)}]: fraction 1 with adaptive method "
+                             f"'{m.name}' keeps every sample at every selection (full-data training at extra "
+                             f"cost); drop 1 from grid.fraction, method 'full' gives that point")
 
 
 def _bind(fn: Any, params: dict[str, Any], key: str, skip: int = 0) -> None:
@@ -382,7 +477,8 @@ def expand(suite: Suite) -> list[Cell]:
             g.dataset, g.model, g.bits, g.noise, g.method, g.fraction, g.seed):
         uses_fraction = registry("selectors").get(method.selector).uses_fraction
         w, a = parse_bits(bits)
-        cell = Cell(suite=suite.name, dataset=ds, noise=noise, model=model, w_bits=w, a_bits=a,
+        cell = Cell(suite=suite.name, dataset=ds, noise=noise, model=model.name, model_params=model.params,
+                    w_bits=w, a_bits=a,
                     quant=suite.quant, method=method, fraction=fraction if uses_fraction else 1.0,
                     seed=seed, train=suite.train, teacher=suite.teacher, selection=suite.selection,
                     budget=suite.budget)

@@ -1,49 +1,51 @@
-"""The training and evaluation steps shared by the teacher and the QAT student.
+"""The training and evaluation steps shared by the teacher, the proxies and the QAT student.
 
-Data stays a uint8 tensor on the training device; batches are gathered by index,
-augmented and normalised as tensor operations (no DataLoader, no per-image Python).
+Batches come from a ``DeviceData`` (the in-memory tensor fast path or the DataLoader
+path, see ``qcore_bench.data.device``). The loss is accumulated on the device: the host
+waits for the device only every ``SYNC_EVERY`` batches (to stop a diverged run) and at the
+end of a pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ImageData, augment, normalize
+from .data.device import DeviceData
 from .quant import param_groups
 from .suite import Recipe
+
+__all__ = ["DeviceData", "TrainingError", "autocast", "evaluate", "kd_loss", "make_optimizer", "make_scheduler",
+           "to_device", "train_epoch"]
+
+SYNC_EVERY = 100  # batches between checks for a non-finite loss (each check waits for the device)
 
 
 class TrainingError(RuntimeError):
     """Training diverged (a non-finite loss); the cell is marked failed."""
 
 
-@dataclass(frozen=True)
-class DeviceData:
-    """A data set's tensors on the training device, with how to augment and normalise them."""
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` moved to ``device``; channels_last on CUDA (as DeviceData's batches are)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
-    train_x: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int
-    flip: bool
 
-    @classmethod
-    def from_data(cls, data: ImageData, device: torch.device) -> "DeviceData":
-        return cls(data.train_x.to(device), data.test_x.to(device), data.test_y.to(device),
-                   data.mean, data.std, data.crop_padding, data.flip)
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA where ``enabled``; a no-op on other devices.
 
-    def batches(self, x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        """Un-augmented, normalised batches of ``x`` in order."""
-        for i in range(0, len(x), batch_size):
-            yield normalize(x[i:i + batch_size], self.mean, self.std)
+    Enabled only for full-precision models (the teacher's training, teacher and proxy
+    forward passes): the quantized student keeps float32, so LSQ's rounding grid, clamping
+    and step-size gradients are exactly those of the CPU path.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -55,13 +57,16 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe,
-                   epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate factor: cosine or linear decay to 0 over ``epochs``
-    (default: the recipe's), or constant."""
-    e = epochs or recipe.epochs
+                   epochs: Callable[[], int] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate factor: cosine or linear decay to 0 over the run, or constant.
+
+    ``epochs`` is read at every step (default: the recipe's), so a run whose length is
+    re-planned (equal-compute budgets) keeps a schedule that ends at its last epoch.
+    """
+    e = epochs or (lambda: recipe.epochs)
     factor: Callable[[int], float] = {
-        "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t / e)),
-        "linear": lambda t: 1 - t / e,
+        "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t / e())),
+        "linear": lambda t: 1 - t / e(),
         "constant": lambda t: 1.0,
     }[recipe.schedule]
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -79,52 +84,66 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
                 weights: torch.Tensor | None = None,
                 per_sample_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                 on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-                ) -> float:
+                amp: bool = False) -> float:
     """One pass over ``indices`` in a seeded random order; returns the mean training loss.
 
     ``per_sample_loss(logits, labels, x)`` defaults to cross-entropy; the student's
-    distillation loss plugs in here. Optional per-sample ``weights`` scale the loss.
-    ``on_batch(indices, logits, losses)`` sees every batch before its update: the hook
-    through which proxy runs record per-sample training dynamics.
+    distillation loss plugs in here. Optional per-sample ``weights`` (aligned with
+    ``indices``) scale the loss. ``on_batch(indices, logits, losses)`` sees every batch
+    before its update: the hook through which proxy runs record per-sample training
+    dynamics. ``amp``: bf16 autocast on CUDA (full-precision models only).
     """
     model.train()
-    perm = torch.randperm(len(indices), generator=generator)
-    order = indices[perm]
-    weights = None if weights is None else weights[perm]
-    total, count = 0.0, 0
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        dev_idx = idx.to(data.train_x.device)
-        xb = data.train_x[dev_idx]
-        if augmented:
-            xb = augment(xb, data.crop_padding, data.flip, generator)
-        xb = normalize(xb, data.mean, data.std)
+    dev = data.device
+    by_index = None
+    if weights is not None:  # weight of every training index, so batches can gather theirs
+        by_index = torch.zeros(data.n_train, dtype=weights.dtype)
+        by_index[indices] = weights
+        by_index = by_index.to(dev)
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=dev)  # first batch with a non-finite loss
+    count, batch = 0, -1
+    for batch, (xb, idx) in enumerate(data.train_batches(indices, batch_size, generator, augmented)):
+        dev_idx = idx.to(dev, non_blocking=True)
         yb = labels[dev_idx]
-        logits = model(xb)
-        losses = per_sample_loss(logits, yb, xb) if per_sample_loss else F.cross_entropy(logits, yb, reduction="none")
-        if weights is not None:
-            losses = losses * weights[i:i + batch_size].to(losses.device)
+        with autocast(dev, amp):
+            logits = model(xb)
+            losses = (per_sample_loss(logits, yb, xb) if per_sample_loss
+                      else F.cross_entropy(logits, yb, reduction="none"))
+        losses = losses.float()
+        if by_index is not None:
+            losses = losses * by_index[dev_idx]
         loss = losses.mean()
         if on_batch is not None:
             on_batch(idx, logits.detach(), losses.detach())
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite training loss ({loss.item()}) at batch {i // batch_size}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += loss.item() * len(idx)
+        total += loss.detach().double() * len(idx)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), batch, first_bad)
         count += len(idx)
-    return total / max(count, 1)
+        if batch % SYNC_EVERY == SYNC_EVERY - 1:
+            _check_finite(first_bad, batch)
+    _check_finite(first_bad, batch)
+    return float(total) / max(count, 1)
+
+
+def _check_finite(first_bad: torch.Tensor, batches: int) -> None:
+    bad = int(first_bad)  # waits for the device
+    if bad >= 0:
+        raise TrainingError(f"non-finite training loss at batch {bad} (detected by batch {batches})")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int, amp: bool = False) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean loss on the whole test set, eval mode."""
     model.eval()
-    correct, loss, n = 0, 0.0, len(data.test_y)
-    for i, xb in enumerate(data.batches(data.test_x, batch_size)):
-        yb = data.test_y[i * batch_size:(i + 1) * batch_size]
-        logits = model(xb)
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(1) == yb).sum())
-    return 100.0 * correct / n, loss / n
+    correct = torch.zeros((), dtype=torch.int64, device=data.device)
+    loss = torch.zeros((), dtype=torch.float64, device=data.device)
+    for xb, yb in data.test_batches(batch_size):
+        with autocast(data.device, amp):
+            logits = model(xb).float()
+        loss += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(1) == yb).sum()
+    n = data.n_test
+    return 100.0 * int(correct) / n, float(loss) / n

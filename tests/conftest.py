@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 TINY = {
@@ -21,6 +23,14 @@ TINY = {
         "seed": [0],
     },
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> None:
+    """Tests train tiny models: one thread is faster than two fighting over small ops, and
+    the subprocesses (``run`` under SIGKILL, the local pool) inherit the setting."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

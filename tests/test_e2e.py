@@ -27,7 +27,8 @@ def results_of(results: Path) -> dict[str, dict]:
     return {r["id"]: r for r in Store(results).records()}
 
 
-def test_run_then_table_then_rerun_does_nothing(tmp_path: Path) -> None:
+def test_run_then_table_then_rerun_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QCORE_CACHE", str(tmp_path / "cache"))  # a cold cache: the teacher is trained here
     suite, results = write_suite(tmp_path / "s.yaml"), tmp_path / "results"
     out = CliRunner().invoke(main, ["run", str(suite), "--results", str(results)])
     assert out.exit_code == 0, out.output
@@ -92,7 +93,7 @@ def test_sigkill_mid_cell_then_rerun_matches_an_uninterrupted_run(tmp_path: Path
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline:  # kill once the second cell has finished an epoch
         runs = sorted(killed.glob("runs/*/history.jsonl"))
         done = [p for p in runs if (p.parent / "result.json").exists()]
@@ -130,9 +131,9 @@ class TooMany(Selector):
 
 def test_failed_cells_are_reported_and_the_others_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sel = registry("selectors")
-    monkeypatch.setitem(sel.entries, "crash", Entry("crash", "test_e2e:Crash", "tests"))
+    monkeypatch.setitem(sel.entries, "e2e_crash", Entry("e2e_crash", "test_e2e:Crash", "tests"))
     monkeypatch.setitem(sel.entries, "toomany", Entry("toomany", "test_e2e:TooMany", "tests"))
-    suite, results = write_suite(tmp_path / "s.yaml", method=["crash", "random", "toomany"]), tmp_path / "r"
+    suite, results = write_suite(tmp_path / "s.yaml", method=["e2e_crash", "random", "toomany"]), tmp_path / "r"
     out = CliRunner().invoke(main, ["run", str(suite), "--results", str(results)])
     assert out.exit_code == 1
     assert "2 of 3 cells failed" in out.output

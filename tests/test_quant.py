@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qcore_bench.models import build
@@ -133,6 +134,116 @@ def test_gradients_match_analytic_lsq(bits, signed, per_sample):
     assert torch.allclose(quant.step.grad, gs)
 
 
+def round_ste(x):
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x, scale):
+    y = x * scale
+    return (x - y).detach() + y
+
+
+def straightforward_lsq(x, step, qn, qp, n):
+    """LSQ composed from autograd ops, as it was before the fused Function. hardtanh, not
+    clamp: its gradient is 0 at the bounds on every torch version (the paper's convention)."""
+    s = grad_scale(step, 1 / math.sqrt(n * qp))
+    return round_ste(F.hardtanh(x / s, float(qn), float(qp))) * s
+
+
+def fast_and_straightforward(x, bits, signed, per_sample, s, grad_out):
+    """(output, x.grad, step.grad) of the LSQ module and of straightforward_lsq."""
+    qn, qp = qrange(bits, signed)
+    quant = LSQ(bits, signed=signed, per_sample=per_sample).to(x.dtype)
+    with torch.no_grad():
+        quant.step.fill_(s)
+        quant.initialized.fill_(True)
+    step = quant.step.detach().clone().requires_grad_()
+    n = x[0].numel() if per_sample else x.numel()
+    results = []
+    for fn in (quant, lambda t: straightforward_lsq(t, step, qn, qp, n)):
+        xi = x.detach().clone().requires_grad_()
+        out = fn(xi)
+        out.backward(grad_out)
+        results.append((out.detach(), xi.grad))
+    return results[0] + (quant.step.grad,), results[1] + (step.grad,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits,signed", [(2, True), (2, False), (4, False), (8, True)])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_fast_path_equals_straightforward_at_edges_and_ties(dtype, bits, signed, per_sample):
+    qn, qp = qrange(bits, signed)
+    s = 0.25  # a power of two: x = code * s and x / s are exact, so the codes below are exact
+    grid = torch.arange(qn, qp + 1, dtype=dtype)
+    codes = torch.cat([
+        torch.tensor([qn - 3.0, qn - 0.5, qn - 1e-3, qp + 1e-3, qp + 0.5, qp + 2.0], dtype=dtype),
+        grid,  # includes both clip edges exactly
+        grid[:-1] + 0.5,  # exact ties: round half to even
+        grid[:-1] + 0.3,
+    ])
+    x = (codes * s).reshape(2, -1)
+    grad_out = torch.randn(x.shape, generator=gen(), dtype=dtype)
+    n = x.shape[1] if per_sample else x.numel()
+    assert grad_scale(torch.tensor(s, dtype=dtype), 1 / math.sqrt(n * qp)).item() == s  # same forward step
+    fast, ref = fast_and_straightforward(x, bits, signed, per_sample, s, grad_out)
+    assert torch.equal(fast[0], ref[0])
+    assert torch.equal(fast[1], ref[1])
+    # In float32 the straightforward sum carries ~1e-6 of cancellation error of its own.
+    assert torch.allclose(fast[2], ref[2], rtol=1e-6 if dtype == torch.float64 else 2e-6, atol=0)
+    # The paper's formula written out (in float64), edges counted as clipped.
+    v = codes.reshape(2, -1)
+    inside = (v > qn) & (v < qp)
+    assert torch.equal(fast[0], torch.round(v.clamp(qn, qp)) * s)
+    assert torch.equal(fast[1], grad_out * inside)
+    v = v.double()
+    dq = torch.where(inside, torch.round(v) - v, torch.where(v <= qn, float(qn), float(qp)))
+    expected = (grad_out.double() * dq).sum() / math.sqrt(n * qp)
+    assert abs(fast[2].item() / expected.item() - 1) < 1e-6
+    assert torch.equal(torch.round(torch.tensor([0.5, 1.5, 2.5])), torch.tensor([0.0, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_path_equals_straightforward_on_activations(channels_last):
+    x = torch.relu(torch.randn(4, 8, 6, 6, generator=gen(2)))  # post-ReLU: many exact zeros (= Qn)
+    grad_out = torch.randn(x.shape, generator=gen(3))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    fast, ref = fast_and_straightforward(x, 3, False, True, 0.25, grad_out)
+    assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+    assert torch.allclose(fast[2], ref[2], rtol=1e-6, atol=0)
+    assert fast[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_step_gradient_accurate_in_float32_at_8_bits():
+    # Codes around 100..250: sum(g * round(v)) - sum(g * v) would cancel ~3 digits away
+    # (the straightforward version's error here is ~2e-7 of the scale below, 10x the fast path's).
+    s, qp = 0.25, 255
+    x = (100 + 150 * torch.rand(32, 16, 16, 16, generator=gen(4))) * s
+    grad_out = torch.randn(x.shape, generator=gen(5))
+    fast, _ = fast_and_straightforward(x, 8, False, True, s, grad_out)
+    v = (x / s).double()  # the forward's float32 codes, exactly
+    dq = torch.where((v > 0) & (v < qp), torch.round(v) - v, torch.where(v <= 0, 0.0, float(qp)))
+    terms = grad_out.double() * dq / math.sqrt(x[0].numel() * qp)
+    assert abs(fast[2].item() - terms.sum().item()) < 1e-7 * terms.abs().sum().item()
+
+
+def test_gradient_only_where_needed_and_no_grad_path_matches():
+    quant = LSQ(4, signed=True, per_sample=False)
+    x = torch.randn(50, generator=gen())
+    quant(x)  # initialises the step
+    trained = quant(x.clone().requires_grad_())
+    with torch.no_grad():
+        assert torch.equal(quant(x), trained)
+    quant(x).sum().backward()  # x needs no gradient: only the step gets one
+    assert quant.step.grad is not None
+    quant.step.requires_grad_(False)
+    xg = x.clone().requires_grad_()
+    quant(xg).sum().backward()
+    v = x / quant.step
+    assert torch.equal(xg.grad, ((v > -8) & (v < 7)).float())
+
+
 def block_convs(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != "conv1"}
 
@@ -149,7 +260,7 @@ def test_quantize_model_fp_first_last(fp_model):
         assert m.act_quant.bits == 3 and not m.act_quant.signed
         assert "w_bits=4, a_bits=3" in repr(m)
     assert q.quant_policy == {
-        "w_bits": 4, "a_bits": 3, "first_last": "fp", "quantize_downsample": True
+        "policy": "all", "w_bits": 4, "a_bits": 3, "first_last": "fp", "quantize_downsample": True
     }
 
 

@@ -123,4 +123,5 @@ def test_ls_lists_builtins_with_package_and_wildcard() -> None:
     assert {"acs", "full", "random"} <= set(names)
     assert all("qcore-bench" in line for line in out.output.splitlines())
     out = CliRunner().invoke(main, ["ls", "models", "resnet*"])
-    assert [line.split()[0] for line in out.output.splitlines()] == ["resnet8", "resnet18", "resnet20"]
+    assert [line.split()[0] for line in out.output.splitlines()] == [
+        "resnet8", "resnet18", "resnet18_imagenet", "resnet20", "resnet101_imagenet"]

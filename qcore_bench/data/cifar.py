@@ -12,7 +12,7 @@ import pathlib
 
 import torch
 
-from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats
+from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats, limit
 
 DEFAULT_ROOT = "~/.cache/qcore-bench/data"
 
@@ -22,7 +22,7 @@ def default_root() -> pathlib.Path:
     return pathlib.Path(os.environ.get("QCORE_DATA") or DEFAULT_ROOT).expanduser()
 
 
-def _load(name: str, root: str | None) -> ImageData:
+def _load(name: str, root: str | None, max_train: int | None, max_test: int | None) -> ImageData:
     import torchvision
 
     dataset_cls = getattr(torchvision.datasets, name)
@@ -40,7 +40,7 @@ def _load(name: str, root: str | None) -> ImageData:
         ) from err
     train_x = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()
     mean, std = channel_stats(train_x)
-    return ImageData(
+    data = ImageData(
         train_x=train_x,
         train_y=torch.tensor(train.targets, dtype=torch.int64),
         test_x=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
@@ -51,13 +51,19 @@ def _load(name: str, root: str | None) -> ImageData:
         crop_padding=4,
         flip=True,
     )
+    return limit(data, max_train, max_test)
 
 
-def load_cifar10(root: str | None, cache_dir: pathlib.Path) -> ImageData:
-    """CIFAR-10 from root (default: $QCORE_DATA or ~/.cache/qcore-bench/data); cache_dir is unused."""
-    return _load("CIFAR10", root)
+def load_cifar10(root: str | None, cache_dir: pathlib.Path, max_train: int | None = None,
+                 max_test: int | None = None) -> ImageData:
+    """CIFAR-10 from root (default: $QCORE_DATA or ~/.cache/qcore-bench/data); cache_dir is unused.
+
+    ``max_train`` / ``max_test`` keep a fixed class-stratified subset (CPU-scale protocols).
+    """
+    return _load("CIFAR10", root, max_train, max_test)
 
 
-def load_cifar100(root: str | None, cache_dir: pathlib.Path) -> ImageData:
+def load_cifar100(root: str | None, cache_dir: pathlib.Path, max_train: int | None = None,
+                  max_test: int | None = None) -> ImageData:
     """CIFAR-100 (fine labels) from root, as load_cifar10; cache_dir is unused."""
-    return _load("CIFAR100", root)
+    return _load("CIFAR100", root, max_train, max_test)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats
+from qcore_bench.claims import file_lock
+from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats, limit
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 LAYOUT = "<root>/train/<class>/<image> and <root>/test/<class>/<image> (or val/ instead of test/)"
@@ -124,7 +125,9 @@ def _decode_all(paths: list[pathlib.Path], image_size: int | None) -> torch.Tens
     """All images as one uint8 NCHW tensor, decoded in a process pool when there are many."""
     decode = functools.partial(_decode_file, image_size=image_size)
     if len(paths) > _POOL_THRESHOLD:
-        with multiprocessing.Pool(min(os.cpu_count() or 1, 8)) as pool:
+        # spawn, not fork: a fork taken while another thread (a claim heartbeat, a logger)
+        # holds a lock can leave a worker deadlocked
+        with multiprocessing.get_context("spawn").Pool(min(os.cpu_count() or 1, 8)) as pool:
             images = _stack(pool.imap(decode, paths, chunksize=_CHUNK), paths)
     else:
         images = _stack(map(decode, paths), paths)
@@ -165,8 +168,14 @@ def load_imagefolder(
     image_size: int | None = None,
     crop_padding: int = 4,
     flip: bool = True,
+    max_train: int | None = None,
+    max_test: int | None = None,
 ) -> ImageData:
-    """Load train/ and test/ (or val/) class folders under root, decoding only on the first call."""
+    """Load train/ and test/ (or val/) class folders under root, decoding only on the first call.
+
+    ``max_train`` / ``max_test`` keep a fixed class-stratified subset of the decoded set
+    (the cache always holds the whole tree).
+    """
     if root is None:
         raise DatasetError(f"imagefolder needs data.root: a folder with the layout {LAYOUT}")
     if image_size is not None and image_size < 1:
@@ -175,23 +184,10 @@ def load_imagefolder(
     classes, files, n_train = _scan(root_path)
     cache_path = pathlib.Path(cache_dir) / "data" / f"imagefolder-{_cache_key(root_path, image_size, files)}.pt"
     payload = _load_cache(cache_path)
-    if payload is None:
-        # _scan lists all train files before the test files, so both splits are views
-        # of the one decoded tensor (no second copy of a large data set).
-        images = _decode_all([path for path, _ in files], image_size)
-        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-        mean, std = channel_stats(images[:n_train])
-        payload = {
-            "train_x": images[:n_train],
-            "train_y": labels[:n_train],
-            "test_x": images[n_train:],
-            "test_y": labels[n_train:],
-            "classes": classes,
-            "mean": list(mean),
-            "std": list(std),
-        }
-        _save_atomic(payload, cache_path)
-    return ImageData(
+    if payload is None:  # decode once: other processes needing it now wait for the lock, then load
+        with file_lock(cache_path):
+            payload = _load_cache(cache_path) or _decode_payload(files, n_train, classes, image_size, cache_path)
+    data = ImageData(
         train_x=payload["train_x"],
         train_y=payload["train_y"],
         test_x=payload["test_x"],
@@ -202,3 +198,25 @@ def load_imagefolder(
         crop_padding=crop_padding,
         flip=flip,
     )
+    return limit(data, max_train, max_test)
+
+
+def _decode_payload(files: list[tuple[pathlib.Path, int]], n_train: int, classes: list[str],
+                    image_size: int | None, cache_path: pathlib.Path) -> dict:
+    """Decode every image and write the cache file."""
+    # _scan lists all train files before the test files, so both splits are views
+    # of the one decoded tensor (no second copy of a large data set).
+    images = _decode_all([path for path, _ in files], image_size)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    mean, std = channel_stats(images[:n_train])
+    payload = {
+        "train_x": images[:n_train],
+        "train_y": labels[:n_train],
+        "test_x": images[n_train:],
+        "test_y": labels[n_train:],
+        "classes": classes,
+        "mean": list(mean),
+        "std": list(std),
+    }
+    _save_atomic(payload, cache_path)
+    return payload

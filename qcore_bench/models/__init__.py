@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,13 +55,14 @@ def build(
     num_classes: int,
     in_channels: int,
     generator: torch.Generator,
+    params: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build ``arch_fn(num_classes, in_channels=...)`` on CPU with weights from ``generator``.
+    """Build ``arch_fn(num_classes, in_channels=..., **params)`` on CPU with weights from ``generator``.
 
     The model is constructed on the meta device, so torch's default initialisation never
     runs and the global RNG is not advanced; results depend only on ``generator``.
     """
     with torch.device("meta"):
-        model = arch_fn(num_classes, in_channels=in_channels)
+        model = arch_fn(num_classes, in_channels=in_channels, **(params or {}))
     model.to_empty(device="cpu")
     return init_weights(model, generator)
