@@ -372,7 +372,7 @@ def _report_options(fn: Any) -> Any:
     return fn
 
 
-def _frame(results: str, suite_name: str | None, from_wandb: str | None = None) -> Any:
+def _frame(results: str, suite_name: str | None, from_wandb: str | None = None, both_modes: bool = False) -> Any:
     from .report import frame
     from .store import Store
 
@@ -383,9 +383,9 @@ def _frame(results: str, suite_name: str | None, from_wandb: str | None = None) 
         source = f"W&B project {from_wandb}"
     else:
         store = Store(results)
-        if suite_name and Path(suite_name).is_file():  # a suite file: its cells, whichever suite ran them first,
-            ids = {c.id for mode in ("per_epoch_fraction", "total_compute")  # in either budget mode
-                   for c in _cells(suite_name, (f"budget.mode={mode}",))[1]}
+        if suite_name and Path(suite_name).is_file():  # a suite file: its cells, whichever suite ran them first
+            modes = ("per_epoch_fraction", "total_compute") if both_modes else (None,)  # --fair: both budgets
+            ids = {c.id for mode in modes for c in _cells(suite_name, (f"budget.mode={mode}",) if mode else ())[1]}
             df = frame((r for r in store.records() if r["id"] in ids))
         else:
             df = frame(store.records(), suite_name)
@@ -426,7 +426,7 @@ def table(results: str, out: str, suite_name: str | None, metric: str, formats: 
     bad = [f for f in fmts if f not in ("md", "tex", "csv")]
     if bad:
         _fail(f"--format: unknown format '{bad[0]}'; expected md, tex or csv")
-    df = _frame(results, suite_name, from_wandb)
+    df = _frame(results, suite_name, from_wandb, both_modes=fair)
     click.echo(render(summarize(df, metric, vs), metric, vs, extras)["md"])
     if fair:
         click.echo(fair_report(df, vs))

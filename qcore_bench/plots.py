@@ -31,9 +31,9 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _line(ax: Any, x: pd.Series, mean: pd.Series, std: pd.Series, label: str) -> None:
-    (line,) = ax.plot(x, mean, marker="o", label=label)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+def _line(ax: Any, x: pd.Series, mean: pd.Series, std: pd.Series, label: str, color: Any) -> None:
+    ax.plot(x, mean, marker="o", label=label, color=color)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
 
 
 def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: Path,
@@ -47,6 +47,8 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
     if df.empty:
         return []
     col, paths = METRICS[metric], []
+    palette = plt.get_cmap("tab10")
+    colors = {m: palette(i % 10) for i, m in enumerate(dict.fromkeys(df["method"]))}  # one colour per method
     label = f"{'final-epoch' if metric == 'final' else 'best-over-epochs'} test top-1 (%)"
     stats = (df.groupby([*GROUP, "noise_rate", "method", "fraction", "full"], sort=False)
              .agg(mean=(col, "mean"), std=(col, "std"), cost=("cost_units", "mean")).fillna({"std": 0.0})
@@ -56,8 +58,8 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
         fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
         for method, m in g[~g.full].groupby("method", sort=False):
             m = m.sort_values("fraction")
-            _line(ax, m.fraction * 100, m["mean"], m["std"], method)
-            bx.plot(m.cost, m["mean"], marker="o", label=method)
+            _line(ax, m.fraction * 100, m["mean"], m["std"], method, colors[method])
+            bx.plot(m.cost, m["mean"], marker="o", label=method, color=colors[method])
         for method, m in g[g.full].groupby("method", sort=False):
             ax.axhline(m["mean"].iloc[0], ls="--", color="k", label=method)
             bx.scatter(m.cost, m["mean"], marker="*", s=120, color="k", label=method)
@@ -78,7 +80,7 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
         for ax, f in zip(axes[0], fractions):
             for method, m in pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]]).groupby("method", sort=False):
                 m = m.sort_values("noise_rate")
-                _line(ax, m.noise_rate * 100, m["mean"], m["std"], method)
+                _line(ax, m.noise_rate * 100, m["mean"], m["std"], method, colors[method])
             ax.set(xlabel="label noise (%)", ylabel=label, title=f"kept {f:.0%}")
             ax.legend(fontsize=8)
         fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(by_noise, key)), fontsize=9)
@@ -95,7 +97,10 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
                         for cid in m["id"] for h in histories.get(cid, []) if "selected_noisy_frac" in h]
                 if rows:
                     curve = pd.DataFrame(rows).groupby("epoch")["noisy"].mean()
-                    ax.step(curve.index, curve * 100, where="post", marker="o", label=method)
+                    last = max(h["epoch"] for cid in m["id"] for h in histories.get(cid, []))
+                    curve[last + 1] = curve.iloc[-1]  # a subset is trained on until the next selection
+                    ax.step(curve.index, curve * 100, where="post", label=method, color=colors[method])
+                    ax.plot(curve.index[:-1], curve.iloc[:-1] * 100, "o", color=colors[method])
             ax.axhline(g["noise_rate"].iloc[0] * 100, ls=":", color="k", label="noise in the training set")
             ax.set(xlabel="epoch (selection points)", ylabel="noisy samples in the subset (%)", title=f"kept {f:.0%}")
             ax.legend(fontsize=8)
