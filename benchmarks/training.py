@@ -130,6 +130,12 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+def on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float batch as the trainer feeds it: channels_last on CUDA, as qcore_bench does."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
 def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                    generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """qcore_bench's fast path: gather, augment and normalise whole batches on the device."""
@@ -137,13 +143,18 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         xb = augment(images[idx], 4, True, generator)
-        yield normalize(xb, MEAN, STD), labels[idx]
+        yield on_device(normalize(xb, MEAN, STD), images.device), labels[idx]
 
 
 def loader_batches(loader: torch.utils.data.DataLoader,
                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for xb, yb in loader:
-        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        yield on_device(xb, device), yb.to(device, non_blocking=True)
+
+
+def drain(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for _ in batches:
+        pass
 
 
 def train_pass(model: nn.Module, opt: torch.optim.Optimizer,
@@ -179,9 +190,9 @@ def bench_data(args: argparse.Namespace, device: torch.device, workers: int) -> 
     rows = []
     pipe_loader = loader(args.images)
     pipeline = alternate({
-        "tensor": lambda: [None for _ in tensor_batches(dev_images[:args.images], dev_labels[:args.images],
-                                                         args.batch_size, gen)],
-        "loader": lambda: [None for _ in loader_batches(pipe_loader, device)],
+        "tensor": lambda: drain(tensor_batches(dev_images[:args.images], dev_labels[:args.images],
+                                               args.batch_size, gen)),
+        "loader": lambda: drain(loader_batches(pipe_loader, device)),
     }, args.reps, device)
     rows.append(("data pipeline alone", args.images / pipeline["tensor"][0], args.images / pipeline["loader"][0],
                  f"{args.images} images, batch {args.batch_size}"))
@@ -190,14 +201,14 @@ def bench_data(args: argparse.Namespace, device: torch.device, workers: int) -> 
     model = build(resnet8, 10, 3, torch.Generator().manual_seed(2)).to(device)
     opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.05, momentum=0.9)
     step_loader = loader(args.step_images)
-    m = args.step_images
+    count = args.step_images
     epochs = alternate({
-        "tensor": lambda: train_pass(model, opt, tensor_batches(dev_images[:m], dev_labels[:m],
+        "tensor": lambda: train_pass(model, opt, tensor_batches(dev_images[:count], dev_labels[:count],
                                                                 args.batch_size, gen)),
         "loader": lambda: train_pass(model, opt, loader_batches(step_loader, device)),
     }, args.reps, device)
-    rows.append(("training epoch, ResNet-8 FP", m / epochs["tensor"][0], m / epochs["loader"][0],
-                 f"{m} images, batch {args.batch_size}"))
+    rows.append(("training epoch, ResNet-8 FP", count / epochs["tensor"][0], count / epochs["loader"][0],
+                 f"{count} images, batch {args.batch_size}"))
     return rows
 
 
@@ -210,7 +221,9 @@ def bench_qat(name: str, arch: Callable[..., nn.Module], num_classes: int, w_bit
               device: torch.device) -> tuple[str, dict[str, tuple[float, float]]]:
     gen = torch.Generator().manual_seed(3)
     fp = build(arch, num_classes, 3, gen).to(device)
-    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
+    x = on_device(torch.randn(batch_size, 3, 32, 32, generator=gen), device)
+    if device.type == "cuda":
+        fp = fp.to(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
     qat = quantize_model(fp, w_bits, a_bits, policy=policy)
     calibrate(qat, x)

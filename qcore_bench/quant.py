@@ -158,7 +158,21 @@ class LSQ(nn.Module):
         return f"bits={self.bits}, signed={self.signed}, per_sample={self.per_sample}"
 
 
-class QConv2d(nn.Conv2d):
+class _Quantized:
+    """What QConv2d and QLinear share: LSQ quantizers for the input activation and the weight."""
+
+    def _add_quantizers(self, w_bits: int, a_bits: int, act_signed: bool,
+                        device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        self.w_bits = w_bits
+        self.a_bits = a_bits
+        self.weight_quant = LSQ(w_bits, signed=True, per_sample=False, device=device, dtype=dtype)
+        self.act_quant = LSQ(a_bits, signed=act_signed, per_sample=True, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+class QConv2d(_Quantized, nn.Conv2d):
     """Conv2d whose input activation and weight pass through LSQ quantizers."""
 
     def __init__(
@@ -183,10 +197,7 @@ class QConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
             padding_mode, device=device, dtype=dtype,
         )
-        self.w_bits = w_bits
-        self.a_bits = a_bits
-        self.weight_quant = LSQ(w_bits, signed=True, per_sample=False, device=device, dtype=dtype)
-        self.act_quant = LSQ(a_bits, signed=act_signed, per_sample=True, device=device, dtype=dtype)
+        self._add_quantizers(w_bits, a_bits, act_signed, device, dtype)
 
     @classmethod
     def from_float(
@@ -204,11 +215,8 @@ class QConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
 
-
-class QLinear(nn.Linear):
+class QLinear(_Quantized, nn.Linear):
     """Linear layer whose input activation and weight pass through LSQ quantizers."""
 
     def __init__(
@@ -224,10 +232,7 @@ class QLinear(nn.Linear):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.w_bits = w_bits
-        self.a_bits = a_bits
-        self.weight_quant = LSQ(w_bits, signed=True, per_sample=False, device=device, dtype=dtype)
-        self.act_quant = LSQ(a_bits, signed=act_signed, per_sample=True, device=device, dtype=dtype)
+        self._add_quantizers(w_bits, a_bits, act_signed, device, dtype)
 
     @classmethod
     def from_float(
@@ -243,9 +248,6 @@ class QLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
 
 
 def _finish_from_float(q: QConv2d | QLinear, layer: nn.Conv2d | nn.Linear) -> QConv2d | QLinear:
