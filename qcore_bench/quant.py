@@ -50,33 +50,35 @@ class _LSQFunction(torch.autograd.Function):
     clipped, as in the paper, whatever the torch version (torch's clamp has let the gradient
     through at its bounds in some versions and not in others).
 
-    Why a Function: written out, this is three full-size temporaries in the forward and
-    one in the backward, where the autograd graph of round/clamp/gradient-scale tricks
-    builds several times as many, and on a CPU every fresh large tensor costs page faults
-    on top of its memory pass. dq is summed directly, not as sum(dout * round(v)) -
-    sum(dout * v), which cancels badly at 8 bits.
+    Why a Function: the autograd graph of round/clamp/gradient-scale tricks keeps several
+    full-size tensors per quantizer alive until the backward and builds many more
+    temporaries. Here the forward allocates two (v, kept, and the output) and the backward
+    the gradient plus two short-lived ones that the allocator recycles from one layer to
+    the next: on a CPU every fresh large tensor costs page faults on top of its memory
+    pass. dq is summed directly, not as sum(dout * round(v)) - sum(dout * v), which
+    cancels badly at 8 bits.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, step: torch.Tensor, grad_scale: float, qn: int, qp: int) -> torch.Tensor:
         v = torch.div(x, step)
-        rounded = torch.clamp(v, qn, qp).round_()
-        dq = None
-        if ctx.needs_input_grad[1]:
-            dq = torch.ops.aten.hardtanh_backward(v, v, qn, qp)  # v strictly inside the range, else 0
-            torch.sub(rounded, dq, out=dq)
-        ctx.save_for_backward(v if ctx.needs_input_grad[0] else None, dq)
+        ctx.save_for_backward(v)
         ctx.grad_scale, ctx.qn, ctx.qp, ctx.step_dtype = grad_scale, qn, qp, step.dtype
-        return rounded.mul_(step)
+        return torch.clamp(v, qn, qp).round_().mul_(step)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        v, dq = ctx.saved_tensors
+        (v,) = ctx.saved_tensors
+        qn, qp = ctx.qn, ctx.qp
         grad_x = grad_step = None
-        if v is not None:
-            grad_x = torch.ops.aten.hardtanh_backward(grad_out, v, ctx.qn, ctx.qp)
-        if dq is not None:
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.hardtanh_backward(grad_out, v, qn, qp)  # grad where qn < v < qp, else 0
+        if ctx.needs_input_grad[1]:
+            rounded = torch.clamp(v, qn, qp).round_()
+            dq = torch.ops.aten.hardtanh_backward(v, v, qn, qp)  # v where qn < v < qp, else 0
+            torch.sub(rounded, dq, out=dq)
+            del rounded
             grad_step = (_dot(grad_out, dq) * ctx.grad_scale).to(ctx.step_dtype).reshape(())
         return grad_x, grad_step, None, None, None
 
