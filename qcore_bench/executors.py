@@ -373,7 +373,7 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 def run_cell_process(cell: Cell, store: Store, rt: Runtime, die_with_parent: bool = False) -> int:
     """The body of ``qcore-bench run-cell``: run one cell, print epochs, return the exit status."""
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a stopped pool or a scheduler: checkpoint, release
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a stopped pool or a scheduler
     if die_with_parent:
         _die_with_parent()
 
@@ -385,6 +385,8 @@ def run_cell_process(cell: Cell, store: Store, rt: Runtime, die_with_parent: boo
     except KeyboardInterrupt:
         print(f"{cell.id} interrupted; it resumes from its last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:  # called in-process too (tests, slurm tasks): leave the caller's handler as it was
+        signal.signal(signal.SIGTERM, previous)
     if out.state == "done":
         acc = (out.result or {}).get("final_acc", float("nan"))
         print(f"{cell.id} {'done' if out.ran else 'was already done'}: final acc {acc:.2f}", file=sys.stderr)
