@@ -163,6 +163,9 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
     at once: each cell is claimed by exactly one of them. Exit status: 0 all done (or
     handed to SLURM), 1 some cells failed, 2 bad input, 130 interrupted (rerun to resume).
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fail("under torchrun, run one cell: torchrun --nproc_per_node=G -m qcore_bench run-cell CELL_ID "
+              "--suite SUITE (`qcore-bench plan SUITE` lists the ids)")
     spec, cells = _cells(suite, overrides + (("wandb.enabled=true",) if use_wandb else ()), only)
     executor = _executor(executor_name, {
         "gpus": gpus, "per_gpu": per_gpu, "slots": slots, "partition": partition, "time": time_min,
@@ -241,7 +244,8 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
     """Run (or resume) one cell by id, unless it is done or another process runs it.
 
     The unit every executor runs. Exit status: 0 done, 1 failed, 2 bad input,
-    75 another process runs it, 130 interrupted (rerun to resume).
+    75 another process runs it, 130 interrupted (rerun to resume). Several GPUs of one
+    node on one cell: `torchrun --nproc_per_node=G -m qcore_bench run-cell ID --suite FILE`.
     """
     import json
 
@@ -277,11 +281,17 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
             _fail(f"{path}: not a usable cell config ({str(exc).splitlines()[0]})")
     if cell.id != cell_id and not (spec is not None and cell.id.startswith(cell_id)):
         _fail(f"{source}: holds cell {cell.id}, not {cell_id}")
+    import dataclasses
+
+    from .distributed import process_group
     from .executors import run_cell_process, runtime_from_payload
 
     dev = device or (spec.device if spec is not None else "auto")
     ebs = eval_batch_size or (spec.eval_batch_size if spec is not None else 1024)
-    sys.exit(run_cell_process(cell, store, runtime_from_payload(payload, dev, cache_dir(), ebs), die_with_parent))
+    rt = runtime_from_payload(payload, dev, cache_dir(), ebs)
+    with process_group(rt.device) as rank_device:  # under torchrun: this rank's GPU (or the CPU, with gloo)
+        code = run_cell_process(cell, store, dataclasses.replace(rt, device=rank_device), die_with_parent)
+    sys.exit(code)
 
 
 @main.command()

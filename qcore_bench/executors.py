@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import distributed
 from .claims import ClaimLost, describe, owner_id
 from .loggers import ConsoleProgress
 from .runner import EpochCallback, Runtime, resolve_device, run_cell
@@ -88,26 +89,45 @@ class Outcome:
     ran: bool = True  # False: found done (finished earlier or by another process)
 
 
-def run_one(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None = None,
-            owner: str | None = None) -> Outcome:
-    """The idempotent unit of work: done cells are skipped, claimed ones left to their holder."""
+def _claim(cell: Cell, store: Store, owner: str | None) -> Outcome | None:
+    """Claim the cell for this process: None, or why it is not to be run here."""
     if store.is_done(cell.id):
         return Outcome("done", result=store.result(cell.id), ran=False)
     if store.claim(cell.id, owner) is None:
         holder = store.holder(cell.id)
         return Outcome("elsewhere", describe(holder) if holder else "another process")
+    if store.is_done(cell.id):  # finished by another process between the check and the claim
+        store.release(cell.id)
+        return Outcome("done", result=store.result(cell.id), ran=False)
+    return None
+
+
+def run_one(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None = None,
+            owner: str | None = None) -> Outcome:
+    """The idempotent unit of work: done cells are skipped, claimed ones left to their holder.
+
+    Under torchrun, rank 0 alone claims and records the cell; the other ranks follow its
+    decision. A rank > 0 that fails prints its traceback and exits, and torchrun stops the
+    others (rank 0 then records the cell as interrupted, resumable).
+    """
+    main = distributed.is_main()
+    early = distributed.broadcast_object(_claim(cell, store, owner) if main else None)
+    if early is not None:
+        return early
     try:
-        if store.is_done(cell.id):  # finished by another process between the check and the claim
-            return Outcome("done", result=store.result(cell.id), ran=False)
         return Outcome("done", result=run_cell(cell, store, rt, on_epoch=on_epoch))
     except ClaimLost as exc:
         return Outcome("elsewhere", str(exc))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, submitit's exit after a requeue
-        store.interrupt(cell.id)  # resumable from its last checkpoint
+        if main:
+            store.interrupt(cell.id)  # resumable from its last checkpoint
         raise
     except Exception as exc:  # one broken cell must not lose the others
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        store.fail(cell.id, reason, traceback.format_exc())
+        if main:
+            store.fail(cell.id, reason, traceback.format_exc())
+        else:
+            traceback.print_exc()
         return Outcome("failed", reason)
     finally:
         store.release(cell.id)
@@ -380,21 +400,25 @@ def run_cell_process(cell: Cell, store: Store, rt: Runtime, die_with_parent: boo
     def on_epoch(epoch: int, total: int, acc: float) -> None:
         print(f"{cell.id} epoch {epoch + 1}/{total} test acc {acc:.2f}", file=sys.stderr, flush=True)
 
+    def say(message: str) -> None:  # once, not once per torchrun rank
+        if distributed.is_main():
+            print(message, file=sys.stderr)
+
     try:
         out = run_one(cell, store, rt, on_epoch=on_epoch)
     except KeyboardInterrupt:
-        print(f"{cell.id} interrupted; it resumes from its last checkpoint", file=sys.stderr)
+        say(f"{cell.id} interrupted; it resumes from its last checkpoint")
         return EXIT_INTERRUPTED
     finally:  # called in-process too (tests, slurm tasks): leave the caller's handler as it was
         signal.signal(signal.SIGTERM, previous)
     if out.state == "done":
         acc = (out.result or {}).get("final_acc", float("nan"))
-        print(f"{cell.id} {'done' if out.ran else 'was already done'}: final acc {acc:.2f}", file=sys.stderr)
+        say(f"{cell.id} {'done' if out.ran else 'was already done'}: final acc {acc:.2f}")
         return EXIT_DONE
     if out.state == "elsewhere":
-        print(f"{cell.id} is being run by {out.reason}; not started", file=sys.stderr)
+        say(f"{cell.id} is being run by {out.reason}; not started")
         return EXIT_ELSEWHERE
-    print(f"{cell.id} failed: {out.reason} (see {store.dir(cell.id) / 'error.txt'})", file=sys.stderr)
+    say(f"{cell.id} failed: {out.reason} (see {store.dir(cell.id) / 'error.txt'})")
     return EXIT_FAILED
 
 

@@ -3,6 +3,14 @@
 Data and label noise -> teacher (FP, cached) -> student (LSQ QAT, from the teacher's
 weights, step sizes initialised before the first selection) -> every epoch: select if
 due, train on the subset, evaluate on the full test set, checkpoint.
+
+Under torchrun (see ``qcore_bench.distributed``) every rank runs this loop: the student
+trains under DistributedDataParallel on its part of every batch, the student's scoring
+pass of a selection and the test pass are split over ranks and put together, every rank
+runs the selector on the same outputs with the same generator (checked), and only rank 0
+writes to the store and to W&B. Frozen models and proxies are built once, by whichever
+rank takes their file lock first; the others wait on the lock (no collective is pending
+meanwhile) and load them.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from . import __version__, distributed
 from .data import ImageData, apply_label_noise
 from .data.bundle import FileData
 from .data.device import device_data
@@ -31,7 +39,7 @@ from .registry import registry
 from .seeding import make_generator
 from .budget import TRAIN_UNITS, plan_epochs, train_units
 from .proxy import ProxyTrainer
-from .selection import SelectionContext, compute_outputs, validate_selection
+from .selection import Outputs, SelectionContext, compute_outputs, validate_selection
 from .store import Store
 from .suite import Cell, DatasetSpec
 from .teacher import OutputCache, get_teacher
@@ -54,12 +62,14 @@ class Runtime:
 
     @property
     def workers(self) -> int:
-        """``num_workers``, else $QCORE_NUM_WORKERS, else one per CPU core this process may use, up to 8."""
+        """``num_workers``, else $QCORE_NUM_WORKERS, else one per CPU core this process may use, up to 8
+        (the cores are shared by the torchrun ranks of the node)."""
         if self.num_workers is not None:
             return self.num_workers
         if os.environ.get("QCORE_NUM_WORKERS"):
             return int(os.environ["QCORE_NUM_WORKERS"])
-        return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(8, max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,15 +95,21 @@ def provenance() -> dict[str, Any]:
 
 
 def run_cell(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
-    """Run (or resume) one cell to completion and store its result; returns the result."""
-    store.begin(cell, provenance())
-    wb = WandbRun(rt.wandb, cell, store.dir(cell.id), log.warning) if rt.wandb and rt.wandb.enabled else None
+    """Run (or resume) one cell to completion and store its result; returns the result.
+
+    Under torchrun every rank calls it; only rank 0 writes (and calls ``on_epoch``).
+    """
+    main = distributed.is_main()
+    if main:
+        store.begin(cell, provenance())
+    wb = (WandbRun(rt.wandb, cell, store.dir(cell.id), log.warning)
+          if main and rt.wandb and rt.wandb.enabled else None)
     if wb:
         wb.start()
     try:
-        result = _run(cell, store, rt, on_epoch, wb.epoch if wb else None)
+        result = _run(cell, store, rt, on_epoch if main else None, wb.epoch if wb else None)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) and main:
             store.interrupt(cell.id)  # resumable from its last checkpoint
         if wb:
             wb.finish(None)
@@ -103,9 +119,18 @@ def run_cell(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | No
     return result
 
 
+def _load_state(store: Store, cell_id: str) -> dict[str, Any] | None:
+    """The checkpoint to resume from: rank 0 loads (and repairs) it, then the other ranks read the same file."""
+    state = store.load_checkpoint(cell_id) if distributed.is_main() else None
+    if distributed.broadcast_object(state is not None) and state is None:
+        state = store.read_checkpoint(cell_id)
+    return state
+
+
 def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
          log_line: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    dev = rt.device
+    dev, shard = rt.device, distributed.shard()
+    main = shard.rank == 0
     data = load_data(cell.dataset, rt.cache_dir)
     labels, noise_mask = apply_label_noise(data.train_y, data.num_classes, cell.noise.kind, cell.noise.rate,
                                            make_generator(cell.seed, "label-noise"))
@@ -128,7 +153,10 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
         p.requires_grad_(True)
     first = torch.randperm(n, generator=make_generator(cell.seed, "calibrate"))[: cell.train.batch_size]
     calibrate(student, torch.cat(list(ddata.train_eval_batches(len(first), first))))
-    train_model = torch.compile(student) if cell.train.compile else student  # shares the student's parameters
+    train_model = student  # the training step's view of the student: shares its parameters
+    if shard.world > 1:
+        train_model = distributed.data_parallel(student, dev)
+    train_model = torch.compile(train_model) if cell.train.compile else train_model
 
     opt = make_optimizer(student, cell.train)
     selector = registry("selectors").get(cell.method.selector)(**cell.method.params)
@@ -138,9 +166,11 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
                            rt.cache_dir, rt.eval_batch_size)
 
     def outputs_of(model: torch.nn.Module) -> Callable[[], Any]:
-        def run() -> Any:
+        def run() -> Any:  # each rank scores its block of the training set; every rank gets all of it, in order
             state["units"]["selection"] += n  # one scoring pass over the training set
-            return compute_outputs(model, lambda: ddata.train_eval_batches(rt.eval_batch_size))
+            mine = torch.arange(n)[shard.span(n)] if shard.world > 1 else None
+            out = compute_outputs(model, lambda: ddata.train_eval_batches(rt.eval_batch_size, mine))
+            return Outputs(distributed.gather_rows(out.logits, n), distributed.gather_rows(out.features, n))
         return run
 
     def frozen_out(which: str, model: torch.nn.Module, key: str) -> Callable[[], Any]:
@@ -164,7 +194,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
         loss = kd_loss(logits, t_logits.float(), kd.temperature)
         return loss + kd.hard_weight * F.cross_entropy(logits, y, reduction="none") if kd.hard_weight else loss
 
-    state = store.load_checkpoint(cell.id)
+    state = _load_state(store, cell.id)
     resumed = state is not None
     if state is None:
         state = {"epoch": 0, "epochs": cell.train.epochs, "history": [], "subset": None, "weights": None,
@@ -193,6 +223,8 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
                                    proxy_fn=proxies, images_fn=train_images)
             sel = validate_selection(selector.select(ctx), n=n, budget=ctx.budget, name=cell.method.name,
                                      variable_budget=selector.variable_budget)
+            distributed.assert_same(f"selector '{cell.method.name}': the subset of epoch {epoch}",
+                                    sel.indices, sel.weights)
             seconds = time.perf_counter() - start
             noisy = float(noise_mask[sel.indices].float().mean())
             state.update(subset=sel.indices, weights=sel.weights, selections=state["selections"] + 1,
@@ -212,17 +244,19 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
         line["train_loss"] = train_epoch(
             train_model, opt, ddata, labels_dev, state["subset"], batch_size=cell.train.batch_size,
             augmented=cell.train.augment, generator=make_generator(cell.seed, "train", epoch),
-            weights=state["weights"], per_sample_loss=loss_fn if kd.enabled else None)
+            weights=state["weights"], per_sample_loss=loss_fn if kd.enabled else None, shard=shard)
         sched.step()
+        distributed.sync_buffers(student)  # every rank holds the model rank 0 checkpoints
         state["train_seconds"] += time.perf_counter() - start
         state["samples"] += len(state["subset"])
         state["units"]["train"] += train_units(len(state["subset"]), kd.enabled)
-        line["test_acc"], line["test_loss"] = evaluate(student, ddata, rt.eval_batch_size)
+        line["test_acc"], line["test_loss"] = evaluate(student, ddata, rt.eval_batch_size, shard=shard)
         state["history"].append(line)
         state.update(epoch=epoch + 1, model=student.state_dict(), optimizer=opt.state_dict(),
                      scheduler=sched.state_dict())
-        store.save_checkpoint(cell.id, state, line)
-        store.heartbeat(cell.id)
+        if main:
+            store.save_checkpoint(cell.id, state, line)
+            store.heartbeat(cell.id)
         if log_line:
             log_line(line)
         if on_epoch:
@@ -250,6 +284,8 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
                            "samples": kd_info.samples, "cached": kd_info.cached}} if kd_teacher is not teacher else {}),
         "quant_policy": student.quant_policy,
         "device": str(dev),
+        "world_size": shard.world,
     }
-    store.finish(cell.id, result)
+    if main:
+        store.finish(cell.id, result)
     return result

@@ -210,6 +210,11 @@ class Store:
                      lambda f: f.writelines(json.dumps(h, sort_keys=True) + "\n" for h in state["history"]))
         return state
 
+    def read_checkpoint(self, cell_id: str) -> dict[str, Any]:
+        """The checkpoint as it is on disk: what the other ranks of a multi-process run read
+        after rank 0 checked (and, if need be, repaired) it with ``load_checkpoint``."""
+        return torch.load(self.dir(cell_id) / "ckpt.pt", map_location="cpu", weights_only=False)
+
     def finish(self, cell_id: str, result: dict[str, Any]) -> None:
         self._check_claim(cell_id)
         d = self.dir(cell_id)

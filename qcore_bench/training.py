@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .data.device import DeviceData
+from .distributed import Shard
 from .quant import param_groups
 from .suite import Recipe
 
@@ -84,7 +86,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
                 weights: torch.Tensor | None = None,
                 per_sample_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                 on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-                amp: bool = False) -> float:
+                amp: bool = False, shard: Shard = Shard()) -> float:
     """One pass over ``indices`` in a seeded random order; returns the mean training loss.
 
     ``per_sample_loss(logits, labels, x)`` defaults to cross-entropy; the student's
@@ -92,6 +94,13 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
     ``indices``) scale the loss. ``on_batch(indices, logits, losses)`` sees every batch
     before its update: the hook through which proxy runs record per-sample training
     dynamics. ``amp``: bf16 autocast on CUDA (full-precision models only).
+
+    With a ``shard`` of several ranks, ``model`` is wrapped in DistributedDataParallel and
+    this rank trains on its part of every global batch of ``batch_size``. Its loss is the
+    sum over its part times world / (global batch size): DDP averages the gradients over
+    ranks, so every step follows the mean gradient of the whole global batch, also when the
+    parts differ in size (uneven batches; a last batch smaller than the world is dropped,
+    see ``Shard.batches``). The returned loss is the mean over every rank's samples.
     """
     model.train()
     dev = data.device
@@ -103,7 +112,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
     total = torch.zeros((), dtype=torch.float64, device=dev)
     first_bad = torch.full((), -1, dtype=torch.int64, device=dev)  # first batch with a non-finite loss
     count, batch = 0, -1
-    for batch, (xb, idx) in enumerate(data.train_batches(indices, batch_size, generator, augmented)):
+    for batch, (xb, idx) in enumerate(data.train_batches(indices, batch_size, generator, augmented, shard)):
         dev_idx = idx.to(dev, non_blocking=True)
         yb = labels[dev_idx]
         with autocast(dev, amp):
@@ -113,37 +122,57 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DeviceData, 
         losses = losses.float()
         if by_index is not None:
             losses = losses * by_index[dev_idx]
-        loss = losses.mean()
+        if shard.world == 1:
+            loss = losses.mean()
+        else:  # this rank's share of the global batch's mean; DDP's average over ranks completes it
+            loss = losses.sum() * (shard.world / min(batch_size, len(indices) - batch * batch_size))
         if on_batch is not None:
             on_batch(idx, logits.detach(), losses.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += loss.detach().double() * len(idx)
+        if shard.world == 1:
+            total += loss.detach().double() * len(idx)
+        else:
+            total += losses.detach().sum().double()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), batch, first_bad)
         count += len(idx)
         if batch % SYNC_EVERY == SYNC_EVERY - 1:
-            _check_finite(first_bad, batch)
-    _check_finite(first_bad, batch)
+            _check_finite(first_bad, batch, shard)
+    _check_finite(first_bad, batch, shard)
+    if shard.world > 1:  # the mean over every rank's samples
+        sums = distributed.all_reduce_sum(torch.stack([total, torch.full_like(total, count)]))
+        total, count = sums.tolist()
     return float(total) / max(count, 1)
 
 
-def _check_finite(first_bad: torch.Tensor, batches: int) -> None:
+def _check_finite(first_bad: torch.Tensor, batches: int, shard: Shard) -> None:
+    if shard.world > 1:  # the first bad batch of any rank: all stop together, none is left waiting in a collective
+        none = torch.iinfo(torch.int64).max
+        first_bad = distributed.all_reduce_min(torch.where(first_bad < 0, none, first_bad))
+        first_bad = torch.where(first_bad == none, -1, first_bad)
     bad = int(first_bad)  # waits for the device
     if bad >= 0:
         raise TrainingError(f"non-finite training loss at batch {bad} (detected by batch {batches})")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int, amp: bool = False) -> tuple[float, float]:
-    """Top-1 accuracy (%) and mean loss on the whole test set, eval mode."""
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int, amp: bool = False,
+             shard: Shard = Shard()) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean loss on the whole test set, eval mode.
+
+    With a ``shard`` of several ranks, each rank evaluates its block of the test set and
+    the sums are all-reduced: every rank returns the numbers of the whole set.
+    """
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=data.device)
     loss = torch.zeros((), dtype=torch.float64, device=data.device)
-    for xb, yb in data.test_batches(batch_size):
+    for xb, yb in data.test_batches(batch_size, shard):
         with autocast(data.device, amp):
             logits = model(xb).float()
         loss += F.cross_entropy(logits, yb, reduction="sum").double()
         correct += (logits.argmax(1) == yb).sum()
+    if shard.world > 1:
+        correct, loss = distributed.all_reduce_sum(correct), distributed.all_reduce_sum(loss)
     n = data.n_test
     return 100.0 * int(correct) / n, float(loss) / n

@@ -13,23 +13,28 @@ import torch
 import torch.nn.functional as F
 
 
-def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator,
+            part: tuple[int, slice] | None = None) -> torch.Tensor:
     """Random crop (zero padding crop_padding) and random horizontal flip of a uint8 [B, C, H, W] batch.
 
     Per sample, the crop offsets are uniform in [0, 2 * crop_padding] and the flip has
     probability 1/2. Draws happen on the generator's device, so a CPU generator gives the
-    same augmentation whichever device x is on.
+    same augmentation whichever device x is on. ``part=(size, rows)``: x holds only
+    ``rows`` of a batch of ``size`` (one rank's share); the draws are made for the whole
+    batch, so every share is augmented as in the single-process pass.
     """
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise ValueError(f"augment expects a uint8 [B, C, H, W] batch, got {x.dtype} {tuple(x.shape)}")
     if crop_padding < 0:
         raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
     batch, channels, height, width = x.shape
+    size, rows_of = part if part is not None else (batch, slice(None))
     draw_device = generator.device
     out = x
     if crop_padding > 0:
         p = crop_padding
-        offsets = torch.randint(0, 2 * p + 1, (2, batch), generator=generator, device=draw_device).to(x.device)
+        offsets = torch.randint(0, 2 * p + 1, (2, size), generator=generator, device=draw_device)[:, rows_of]
+        offsets = offsets.to(x.device)
         padded = F.pad(x, (p, p, p, p))
         rows = offsets[0, :, None] + torch.arange(height, device=x.device)  # [B, H]
         cols = offsets[1, :, None] + torch.arange(width, device=x.device)  # [B, W]
@@ -40,7 +45,7 @@ def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Gen
             cols[:, None, None, :],
         ]
     if flip:
-        flipped = torch.rand(batch, generator=generator, device=draw_device).to(x.device) < 0.5
+        flipped = torch.rand(size, generator=generator, device=draw_device)[rows_of].to(x.device) < 0.5
         out = torch.where(flipped[:, None, None, None], out.flip(-1), out)
     return out
 

@@ -6,6 +6,10 @@ tensor operations: no workers, no per-image Python. ``LoaderData`` (ImageNet) de
 augments files in DataLoader workers (pinned memory, persistent workers) and normalises on
 the device. Both draw the order of a pass from the caller's generator, and the loader's
 per-sample augmentation seeds too, so neither touches torch's global RNG.
+
+With several processes (torchrun), a ``Shard`` names this rank's part: every rank draws
+the same order and augmentation of a training pass and loads only its share of each global
+batch; test passes are split into contiguous blocks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from qcore_bench.data.augment import augment, normalize
 from qcore_bench.data.bundle import FileData, ImageData
+from qcore_bench.distributed import Shard
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -39,16 +44,20 @@ class DeviceData(ABC):
 
     @abstractmethod
     def train_batches(self, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
-                      augmented: bool) -> Iterator[Batch]:
-        """One pass over ``indices`` in an order drawn from ``generator``: (x, index) batches."""
+                      augmented: bool, shard: Shard = Shard()) -> Iterator[Batch]:
+        """One pass over ``indices`` in an order drawn from ``generator``: (x, index) batches.
+
+        With a ``shard`` of several ranks: this rank's part of every global batch of
+        ``batch_size`` (see ``Shard.batches``), augmented as in the single-process pass.
+        """
 
     @abstractmethod
     def train_eval_batches(self, batch_size: int, indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Un-augmented training images (all of them, or ``indices``), in order."""
 
     @abstractmethod
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        """(x, y) over the whole test set, in order; y on the device."""
+    def test_batches(self, batch_size: int, shard: Shard = Shard()) -> Iterator[Batch]:
+        """(x, y) over the whole test set (or the shard's block of it), in order; y on the device."""
 
 
 class TensorData(DeviceData):
@@ -61,13 +70,13 @@ class TensorData(DeviceData):
         self.crop_padding, self.flip = data.crop_padding, data.flip
 
     def train_batches(self, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
-                      augmented: bool) -> Iterator[Batch]:
+                      augmented: bool, shard: Shard = Shard()) -> Iterator[Batch]:
         order = indices[torch.randperm(len(indices), generator=generator)]
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+        for batch, part in shard.batches(len(order), batch_size):
+            idx = order[batch][part]
             xb = self.train_x[idx.to(self.device)]
             if augmented:
-                xb = augment(xb, self.crop_padding, self.flip, generator)
+                xb = augment(xb, self.crop_padding, self.flip, generator, part=(batch.stop - batch.start, part))
             yield self._finish(xb), idx
 
     def train_eval_batches(self, batch_size: int, indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
@@ -75,9 +84,11 @@ class TensorData(DeviceData):
         for i in range(0, len(x), batch_size):
             yield self._finish(x[i:i + batch_size])
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        for i in range(0, self.n_test, batch_size):
-            yield self._finish(self.test_x[i:i + batch_size]), self.test_y[i:i + batch_size]
+    def test_batches(self, batch_size: int, shard: Shard = Shard()) -> Iterator[Batch]:
+        block = shard.span(self.n_test)
+        for i in range(block.start, block.stop, batch_size):
+            end = min(i + batch_size, block.stop)
+            yield self._finish(self.test_x[i:end]), self.test_y[i:end]
 
 
 class _Plan(torch.utils.data.Sampler):
@@ -89,14 +100,16 @@ class _Plan(torch.utils.data.Sampler):
 
     def __init__(self) -> None:
         self.items = torch.zeros(2, 0, dtype=torch.int64)  # rows: dataset index, augmentation seed
-        self.batch_size = 1
+        self.sizes: list[int] = []  # consecutive batches of items
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for i in range(0, self.items.shape[1], self.batch_size):
-            yield list(zip(*self.items[:, i:i + self.batch_size].tolist()))
+        start = 0
+        for size in self.sizes:
+            yield list(zip(*self.items[:, start:start + size].tolist()))
+            start += size
 
     def __len__(self) -> int:
-        return -(-self.items.shape[1] // self.batch_size)
+        return len(self.sizes)
 
 
 class LoaderData(DeviceData):
@@ -116,11 +129,14 @@ class LoaderData(DeviceData):
             generator=torch.Generator().manual_seed(0))  # its worker seeds are unused: not from the global RNG
         self._busy = False
 
-    def _run(self, index: torch.Tensor, seed: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    def _run(self, index: torch.Tensor, seed: torch.Tensor, sizes: int | list[int]) -> Iterator[Batch]:
+        """Load ``index`` (with augmentation ``seed``s) in batches of ``sizes`` (one size: all but the last)."""
         if self._busy:  # the single plan cannot serve two passes at once
             raise RuntimeError("LoaderData: a pass was started while another one is still running")
+        if isinstance(sizes, int):
+            sizes = [min(sizes, len(index) - i) for i in range(0, len(index), sizes)]
         self._busy = True
-        self._plan.items, self._plan.batch_size = torch.stack([index, seed]), batch_size
+        self._plan.items, self._plan.sizes = torch.stack([index, seed]), sizes
         try:
             for x, idx in self._loader:
                 yield self._finish(x.to(self.device, non_blocking=True)), idx
@@ -128,19 +144,22 @@ class LoaderData(DeviceData):
             self._busy = False
 
     def train_batches(self, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
-                      augmented: bool) -> Iterator[Batch]:
+                      augmented: bool, shard: Shard = Shard()) -> Iterator[Batch]:
         order = indices[torch.randperm(len(indices), generator=generator)].long()
         seeds = (torch.randint(0, 2**62, order.shape, generator=generator) if augmented
                  else torch.full_like(order, -1))  # -1: the evaluation transform
-        yield from self._run(order, seeds, batch_size)
+        plan = list(shard.batches(len(order), batch_size))  # this rank's part of every global batch
+        mine = [torch.arange(batch.start + part.start, batch.start + part.stop) for batch, part in plan]
+        pos = torch.cat(mine) if mine else order[:0]
+        yield from self._run(order[pos], seeds[pos], [part.stop - part.start for _, part in plan])
 
     def train_eval_batches(self, batch_size: int, indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         index = torch.arange(self.n_train) if indices is None else indices.long().cpu()
         for x, _ in self._run(index, torch.full_like(index, -1), batch_size):
             yield x
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        index = torch.arange(self.n_test) + self.n_train
+    def test_batches(self, batch_size: int, shard: Shard = Shard()) -> Iterator[Batch]:
+        index = torch.arange(self.n_test)[shard.span(self.n_test)] + self.n_train
         for x, idx in self._run(index, torch.full_like(index, -1), batch_size):
             yield x, self.test_y[(idx - self.n_train).to(self.device)]
 
