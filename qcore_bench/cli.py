@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
+from .allocator import keep_freed_memory
 from .registry import GROUPS, registry
 from .suite import Cell, SuiteError, expand, load_suite
 
@@ -51,6 +52,7 @@ def main() -> None:
     """Coreset selection for quantization-aware training, benchmarked."""
     # warnings of the library (a claim taken over, a damaged checkpoint set aside) as one stderr line each
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting it in again
 
 
 # run's executor options: (executor parameter, flag); an option the chosen executor does not take is an error
