@@ -12,7 +12,7 @@ Timings are medians over repetitions, sizes visited in alternating order (up, th
   teacher and proxy outputs given, so this is the work after the forward pass);
 * the same against the kept fraction at fixed n;
 * one training epoch of the W2/A32 student on fraction x n samples;
-* peak extra RSS of one selection call in a fresh subprocess (as tests/test_selector_memory.py:
+* peak extra RSS of one selection call in a fresh subprocess at larger n (as tests/test_selector_memory.py:
   peak-RSS mark reset through /proc/self/clear_refs, mmap threshold lowered, one thread).
 """
 
@@ -177,7 +177,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ns", type=ints, default=[2000, 4000, 8000], help="training-set sizes for the real passes")
     ap.add_argument("--score-ns", type=ints, default=[5000, 10000, 20000, 40000],
-                    help="sizes for scoring on synthetic outputs and for peak memory")
+                    help="sizes for scoring on synthetic outputs")
+    ap.add_argument("--memory-ns", type=ints, default=[10000, 20000, 40000, 80000],
+                    help="sizes for peak memory (below ~10k the few MiB a call needs come from freed heap memory "
+                         "and are not seen)")
     ap.add_argument("--fractions", type=floats, default=[0.05, 0.1, 0.2, 0.4])
     ap.add_argument("--model", default="resnet8")
     ap.add_argument("--image-size", type=int, default=16)
@@ -214,11 +217,11 @@ def main() -> None:
     print(f"\n{'what':<28}{'exponent':>9}  over  -> seconds")
     for what, over, vals, k in rows:
         print(f"{what:<28}{k:>9.2f}  {over} -> {', '.join(f'{v:.3f}' for v in vals)}")
-    mem = peak_memory(SCORING, args.score_ns, 0.1)
+    mem = peak_memory(SCORING, args.memory_ns, 0.1)
     if mem:
-        print(f"\npeak extra RSS of one selection call (MiB) at n={args.score_ns}, fraction 0.1, 1 thread:")
+        print(f"\npeak extra RSS of one selection call (MiB) at n={args.memory_ns}, fraction 0.1, 1 thread:")
         for name, vals in mem.items():
-            print(f"{name:<28}{exponent(args.score_ns, [max(v, 1) for v in vals]):>9.2f}  "
+            print(f"{name:<28}{exponent(args.memory_ns, [max(v, 1) for v in vals]):>9.2f}  "
                   f"{', '.join(f'{v / 2**20:.1f}' for v in vals)}")
 
 

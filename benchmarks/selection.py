@@ -41,6 +41,7 @@ import torch
 import yaml
 from torch import nn
 
+from qcore_bench.allocator import keep_freed_memory
 from qcore_bench.data.bundle import ImageData
 from qcore_bench.data.device import TensorData
 from qcore_bench.models import build
@@ -67,9 +68,12 @@ def cpu_model() -> str:
 
 
 def hardware_line() -> str:
+    """The machine, and glibc's malloc tuned as the command line tunes it (``qcore_bench.allocator``)."""
+    malloc = "freed memory kept" if keep_freed_memory() else "system"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+            f"{torch.get_num_threads()} threads, malloc: {malloc}, "
+            f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
 
 def synthetic_data(n: int, classes: int, size: int, seed: int = 0) -> ImageData:

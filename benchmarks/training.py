@@ -46,6 +46,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from qcore_bench.allocator import keep_freed_memory
 from qcore_bench.data import augment, normalize
 from qcore_bench.models import build
 from qcore_bench.models.mobilenetv2 import mobilenetv2
@@ -283,8 +284,9 @@ def main() -> None:
 
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"{cpu_model()}, {torch.get_num_threads()} torch threads")
+    malloc = "freed memory kept" if keep_freed_memory() else "system"  # as the command line does
     print(f"hardware: {hardware}; {len(os.sched_getaffinity(0))} CPUs; device {device}; "
-          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; malloc: {malloc}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}; reps {args.reps} (median, alternating)\n")
     start = time.perf_counter()
