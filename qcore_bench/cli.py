@@ -328,7 +328,7 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
             note = f"  ({store.read_status(c.id).get('reason', '?')})"
         elif status == "running":
             note = f"  ({describe(store.holder(c.id) or {})})"
-        click.echo(f"{c.id}  {c.dataset.name:9} {c.model:9} {c.bits:5} {c.fraction:<8g} {c.noise.label:14} "
+        click.echo(f"{c.id}  {c.dataset.label:9} {c.model_label:9} {c.bits:5} {c.fraction:<8g} {c.noise.label:14} "
                    f"{c.method.name:13} {c.seed:<4} {status}{note}")
     ids = {c.id for c in cells}
     gone = {cid: cfg for cid, cfg in store.stored().items() if cid not in ids and cfg.get("suite") == spec.name}

@@ -12,7 +12,7 @@ from .suite import Cell
 
 def cell_label(cell: Cell) -> str:
     """A readable, glob-able name: dataset/model/bits/fraction/noise/method/seed."""
-    return (f"{cell.dataset.name}/{cell.model}/w{cell.w_bits}a{cell.a_bits}/f{cell.fraction:g}/"
+    return (f"{cell.dataset.label}/{cell.model_label}/w{cell.w_bits}a{cell.a_bits}/f{cell.fraction:g}/"
             f"{cell.noise.label}/{cell.method.name}/s{cell.seed}")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from .store import atomic_write
+from .suite import spec_label
 
 GROUP = ["dataset", "model", "bits", "noise", "budget"]
 METRICS = {"final": "final_acc", "best": "best_acc_over_epochs"}
@@ -38,7 +39,8 @@ def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.Dat
         noise = "clean" if c["noise"]["kind"] == "none" else f"{c['noise']['kind']}-{c['noise']['rate']:g}"
         units = res.get("cost_units", {})
         rows.append({
-            "id": r["id"], "suite": c["suite"], "dataset": c["dataset"]["name"], "model": c["model"],
+            "id": r["id"], "suite": c["suite"], "dataset": spec_label(c["dataset"]["name"], c["dataset"].get("params", {})),
+            "model": spec_label(c["model"], c.get("model_params", {})),
             "bits": f"{c['w_bits']}/{c['a_bits']}", "noise": noise,
             "noise_rate": c["noise"]["rate"], "budget": c.get("budget", {}).get("mode", "per_epoch_fraction"),
             "method": c["method"]["name"], "fraction": c["fraction"], "seed": c["seed"],

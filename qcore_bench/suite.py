@@ -110,10 +110,19 @@ class Budget(Strict):
     include_teacher: bool = False
 
 
+def spec_label(name: str, params: dict[str, Any]) -> str:
+    """``name``, or ``name(k=v,...)`` with its parameters: variants stay apart in tables and labels."""
+    return f"{name}({','.join(f'{k}={v}' for k, v in sorted(params.items()))})" if params else name
+
+
 class DatasetSpec(Strict):
     name: str
     root: str | None = None
     params: dict[str, Any] = {}
+
+    @property
+    def label(self) -> str:
+        return spec_label(self.name, self.params)
 
     @model_validator(mode="before")
     @classmethod
@@ -286,6 +295,10 @@ class Cell(Strict):
     @property
     def bits(self) -> str:
         return f"{self.w_bits}/{self.a_bits}"
+
+    @property
+    def model_label(self) -> str:
+        return spec_label(self.model, self.model_params)
 
 
 # ---------------------------------------------------------------- loading

@@ -56,6 +56,22 @@ def test_numbers_bold_and_paired_interval_match_scipy() -> None:
     assert set(full.fraction) == {0.1, 0.3} and (full["mean"] == 91.0).all() and not full.bold.any()
 
 
+def test_model_and_dataset_variants_get_tables_of_their_own() -> None:
+    """Two MobileNetV2 widths (or two subsets of a data set) must not be averaged into one row."""
+    recs = []
+    for width, accs in ((0.5, [60.0, 61.0]), (1.0, [70.0, 71.0])):
+        for seed, acc in enumerate(accs):
+            r = record("random", 0.1, seed, acc)
+            r["config"]["model"], r["config"]["model_params"] = "mobilenetv2", {"width": width}
+            r["id"] = f"w{width}-{seed}"
+            recs.append(r)
+    long = summarize(frame(recs))
+    assert sorted(zip(long.model, long["mean"])) == [("mobilenetv2(width=0.5)", 60.5), ("mobilenetv2(width=1.0)", 70.5)]
+    sub = record("random", 0.1, 0, 50.0)
+    sub["config"]["dataset"]["params"] = {"max_train": 5000}
+    assert set(frame([sub, record("random", 0.1, 0, 80.0)]).dataset) == {"digits", "digits(max_train=5000)"}
+
+
 def test_ties_within_one_std_are_both_bold() -> None:
     recs = [r for r in records() if r["config"]["method"]["name"] != "el2n"]
     long = summarize(frame(recs))
