@@ -85,12 +85,12 @@ def test_requeued_slurm_task_takes_over_its_own_claim(tmp_path: Path) -> None:
 
 def test_heartbeat_thread_keeps_a_long_step_alive(tmp_path: Path) -> None:
     path = tmp_path / "claim.json"
-    claim = Claim.acquire(path, timeout=0.6)
+    claim = Claim.acquire(path, timeout=2.0)  # 40 beats per timeout: a busy CI runner's stalls stay inside it
     assert claim is not None
     claim.start_heartbeat(interval=0.05)
-    time.sleep(1.0)  # longer than the timeout, with no call from the "training loop"
-    assert time.time() - read_claim(path)["heartbeat"] < 0.6
-    assert Claim.acquire(path, timeout=0.6, owner="someone-else") is None
+    time.sleep(2.5)  # longer than the timeout, with no call from the "training loop"
+    assert time.time() - read_claim(path)["heartbeat"] < 2.0
+    assert Claim.acquire(path, timeout=2.0, owner="someone-else") is None
     claim.release()
     assert not path.exists()
 
