@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from selection import hardware_line, models, synthetic_data  # noqa: E402
 
 from qcore_bench.data.device import TensorData  # noqa: E402
-from qcore_bench.proxy import ProxyRun  # noqa: E402
+from qcore_bench.selection import ProxyRun  # noqa: E402
 from qcore_bench.registry import registry  # noqa: E402
 from qcore_bench.selection import Outputs, SelectionContext, compute_outputs  # noqa: E402
 from qcore_bench.selectors.acs import ACSSelector  # noqa: E402

@@ -133,6 +133,8 @@ def _clear(store: Any, patterns: tuple[str, ...], cells: list[Cell]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite key, e.g. train.epochs=3.")
 @click.option("--only", metavar="GLOB", help="Run only cells whose id or label matches, e.g. '*/acs/*'.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the suite's).")
+@click.option("--cpu-threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="torch threads of each CPU cell [suite cpu_threads: 1]; fixed so that results reproduce.")
 @click.option("--executor", "executor_name", default="inline", show_default=True,
               help="inline (this process), local (a subprocess per cell on GPU/CPU slots), slurm (a job array).")
 @click.option("--retry-failed", is_flag=True, help="Run failed cells again (else they are skipped and reported).")
@@ -155,7 +157,8 @@ def _clear(store: Any, patterns: tuple[str, ...], cells: list[Cell]) -> None:
 @click.option("--wait", is_flag=True, default=None, help="slurm: wait for the array and report its cells.")
 @click.option("--wandb", "use_wandb", is_flag=True, help="Log every cell to W&B (= --set wandb.enabled=true).")
 def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, device: str | None,
-        executor_name: str, retry_failed: bool, clear: tuple[str, ...], claim_timeout: float | None,
+        cpu_threads: int | None, executor_name: str, retry_failed: bool, clear: tuple[str, ...],
+        claim_timeout: float | None,
         gpus: str | None, per_gpu: int | None, slots: int | None, partition: str | None, time_min: int | None,
         gpus_per_task: int | None, cpus_per_task: int | None, mem: float | None, array_parallelism: int | None,
         sbatch: tuple[str, ...], slurm_cluster: str | None, wait: bool | None, use_wandb: bool) -> None:
@@ -192,7 +195,8 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
         click.echo(f"warning: {store.dir(cid) / 'result.json'} is unreadable; the cell is finished again", err=True)
     summary = None
     if pending:
-        job = Job(store, device or spec.device, cache_dir(), spec.eval_batch_size, spec)
+        job = Job(store, device or spec.device, cache_dir(), spec.eval_batch_size, spec,
+                  cpu_threads=cpu_threads or spec.cpu_threads)
         try:
             summary = executor.run(pending, job)
         except ExecutorError as exc:
@@ -235,13 +239,16 @@ def _report_run(store: Any, pending: list[Cell], summary: Any, skipped_failed: l
               help="Take the cell from this suite (default: its cell.json in the results folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the suite's, else auto).")
+@click.option("--cpu-threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="torch threads of a CPU cell [the suite's cpu_threads, else 1].")
 @click.option("--claim-timeout", type=float, default=None, metavar="SECONDS")
 @click.option("--config", "config", type=click.File("r"), default=None, hidden=True,
               help="The cell's config as JSON ('-': stdin); how the local executor hands a cell over.")
 @click.option("--eval-batch-size", type=int, default=None, hidden=True)
 @click.option("--die-with-parent", is_flag=True, hidden=True)
 def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: tuple[str, ...],
-                 device: str | None, claim_timeout: float | None, config: Any, eval_batch_size: int | None,
+                 device: str | None, cpu_threads: int | None, claim_timeout: float | None, config: Any,
+                 eval_batch_size: int | None,
                  die_with_parent: bool) -> None:
     """Run (or resume) one cell by id, unless it is done or another process runs it.
 
@@ -271,7 +278,8 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
             _fail(f"{suite_path}: {'no' if not found else 'more than one'} cell with id {cell_id}")
         cell = found[0]
         wandb = getattr(spec, "wandb", None)
-        payload = {"wandb": wandb.model_dump(mode="json") if wandb is not None else None}
+        payload = {"wandb": wandb.model_dump(mode="json") if wandb is not None else None,
+                   "cpu_threads": spec.cpu_threads}
     else:
         path = store.dir(cell_id) / "cell.json"
         source = str(path)
@@ -290,6 +298,8 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
 
     dev = device or (spec.device if spec is not None else "auto")
     ebs = eval_batch_size or (spec.eval_batch_size if spec is not None else 1024)
+    if cpu_threads is not None:
+        payload = {**payload, "cpu_threads": cpu_threads}
     rt = runtime_from_payload(payload, dev, cache_dir(), ebs)
     with process_group(rt.device) as rank_device:  # under torchrun: this rank's GPU (or the CPU, with gloo)
         code = run_cell_process(cell, store, dataclasses.replace(rt, device=rank_device), die_with_parent)

@@ -48,18 +48,20 @@ class Job:
     cache_dir: Path
     eval_batch_size: int = 1024
     suite: Any = None  # the Suite, for suite-level executor settings (its ``slurm:`` section)
+    cpu_threads: int = 1  # torch threads of each CPU cell (pinned by run_cell, recorded in provenance)
 
     @property
     def wandb(self) -> Any:
         return getattr(self.suite, "wandb", None)
 
     def runtime(self) -> Runtime:
-        return Runtime(resolve_device(self.device), self.cache_dir, self.eval_batch_size, wandb=self.wandb)
+        return Runtime(resolve_device(self.device), self.cache_dir, self.eval_batch_size, wandb=self.wandb,
+                       cpu_threads=self.cpu_threads)
 
     def payload(self, cell: Cell) -> str:
         """What a cell process needs besides its command line: the cell and the suite's runtime settings."""
         wandb = self.wandb.model_dump(mode="json") if self.wandb is not None else None
-        return json.dumps({"cell": cell.model_dump(mode="json"), "wandb": wandb})
+        return json.dumps({"cell": cell.model_dump(mode="json"), "wandb": wandb, "cpu_threads": self.cpu_threads})
 
 
 def runtime_from_payload(payload: dict[str, Any], device: str, cache_dir: Path, eval_batch_size: int) -> Runtime:
@@ -68,7 +70,8 @@ def runtime_from_payload(payload: dict[str, Any], device: str, cache_dir: Path, 
         from .wandb_log import WandbCfg
 
         wandb = WandbCfg.model_validate(payload["wandb"])
-    return Runtime(resolve_device(device), cache_dir, eval_batch_size, wandb=wandb)
+    return Runtime(resolve_device(device), cache_dir, eval_batch_size, wandb=wandb,
+                   cpu_threads=int(payload.get("cpu_threads") or 1))
 
 
 @dataclass
@@ -230,8 +233,9 @@ class LocalExecutor(Executor):
                 raise ValueError("--slots counts CPU-only slots; with --gpus give --per-gpu instead")
         self.per_gpu, self.slots, self.grace_seconds = per_gpu, slots, grace_seconds
 
-    def slot_envs(self, device: str) -> list[dict[str, str]]:
-        """One environment per slot: which GPU it sees and how many CPU threads it may use."""
+    def slot_envs(self, device: str, cpu_threads: int = 1) -> list[dict[str, str]]:
+        """One environment per slot: which GPU it sees and how many CPU threads it may use
+        (a CPU slot: the cells' pinned ``cpu_threads``; a GPU slot: its share of the cores)."""
         gpus = self.gpus
         if gpus is None:
             import torch
@@ -241,14 +245,15 @@ class LocalExecutor(Executor):
             raise ValueError("--device cpu with --gpus: use --gpus '' --slots N for CPU-only slots")
         envs = ([{"CUDA_VISIBLE_DEVICES": g, "QCORE_SLOT_DEVICE": "cuda"} for g in gpus for _ in range(self.per_gpu)]
                 or [{"CUDA_VISIBLE_DEVICES": "", "QCORE_SLOT_DEVICE": "cpu"} for _ in range(self.slots or 1)])
-        threads = str(max(1, (os.cpu_count() or 1) // len(envs)))
+        share = str(max(1, (os.cpu_count() or 1) // len(envs)))
         for env in envs:
+            threads = str(cpu_threads) if env["QCORE_SLOT_DEVICE"] == "cpu" else share
             env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", threads))
         return envs
 
     def run(self, cells: list[Cell], job: Job) -> Summary:
         try:
-            envs = self.slot_envs(job.device)
+            envs = self.slot_envs(job.device, job.cpu_threads)
         except ValueError as exc:
             raise ExecutorError(str(exc)) from None
         store, summary = job.store, Summary()

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .report import GROUP, METRICS
-from .store import atomic_write
+from .files import atomic_write
 
 
 def _slug(parts: tuple[Any, ...]) -> str:

@@ -15,48 +15,31 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import Field
 
 import torch
 from torch import nn
 
 from .claims import file_lock
+from .files import atomic_write
 from .models import build
 from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
-from .selection import Outputs, compute_outputs
-from .store import atomic_write
-from .suite import Cell, Recipe
-from .training import DeviceData, autocast, make_optimizer, make_scheduler, to_device, train_epoch
-
-
-class ProxyRecipe(Recipe):
-    """How a proxy is trained: a training recipe, plus where it starts and whether it is quantized."""
-
-    epochs: Annotated[int, Field(gt=0)] = 10
-    init: Literal["scratch", "teacher"] = "scratch"
-    quantized: bool = False  # True: LSQ at the cell's bits
-
-
-@dataclass(frozen=True)
-class ProxyRun:
-    """One proxy's record over the training set (n samples, E epochs)."""
-
-    correct: torch.Tensor  # bool [E, n]: prediction right at the sample's visit, before the update
-    losses: torch.Tensor  # float [E, n]: per-sample loss at the visit
-    outputs: Outputs  # eval-mode outputs on the un-augmented training set after training
-    samples: int  # sample passes spent training it
-    seconds: float  # wall time of its training, wherever it was trained
-    cached: bool
+from .selection import Outputs, ProxyRecipe, ProxyRun, compute_outputs
+from .suite import Cell
+from .training import DeviceData, autocast, make_optimizer, make_scheduler, precision, to_device, train_epoch
 
 
 class ProxyTrainer:
-    """Builds (or loads) the proxy runs of one cell; selectors reach it through ``ctx.proxy``."""
+    """Builds (or loads) the proxy runs of one cell; selectors reach it through ``ctx.proxy``.
+
+    ``cost`` is what the cell's selections used: every proxy is charged in full to each cell
+    that reads it (``runs``, ``samples``, ``seconds``), and ``keys`` maps each proxy's cache key
+    to its training seconds, so a report can amortise a shared proxy over the cells that share
+    it. ``seconds_here`` is the training time spent in this process for this cell: the part of
+    a selection call's wall time that is proxy training, not selection.
+    """
 
     _memory: OrderedDict[str, ProxyRun] = OrderedDict()  # process-wide LRU: cells of one process share proxies
     _memory_size = 4
@@ -66,12 +49,16 @@ class ProxyTrainer:
         self.cell, self.data, self.labels = cell, data, labels
         self.num_classes, self.in_channels, self.teacher = num_classes, in_channels, teacher
         self.cache_dir, self.eval_batch_size = cache_dir, eval_batch_size
-        self.cost = {"runs": 0, "samples": 0, "seconds": 0.0, "trained_here": 0}
+        self.cost: dict = {"runs": 0, "samples": 0, "seconds": 0.0, "trained_here": 0, "keys": {}}
+        self.seconds_here = 0.0
 
     def key(self, recipe: ProxyRecipe, repeat: int) -> str:
+        """What determines a proxy run: data, noise, seed, architecture, recipe, repeat, and where
+        and in which precision it trains (a bf16 GPU proxy is not a float32 CPU one)."""
         ident = self.cell.identity()
         what = {k: ident[k] for k in ("dataset", "noise", "seed", "model", "model_params") if k in ident}
-        what.update(recipe=recipe.model_dump(mode="json"), repeat=repeat)
+        what.update(recipe=recipe.model_dump(mode="json"), repeat=repeat, device=self.data.device.type,
+                    precision=precision(self.data.device, not recipe.quantized))
         if recipe.quantized:
             what.update(bits=[self.cell.w_bits, self.cell.a_bits], quant=ident["quant"])
         if recipe.init == "teacher":
@@ -88,13 +75,15 @@ class ProxyTrainer:
             if run is None and path.is_file():
                 saved = torch.load(path, map_location="cpu", weights_only=True)
                 run = ProxyRun(saved["correct"], saved["losses"], Outputs(saved["logits"], saved["features"]),
-                               saved["samples"], saved["seconds"], cached=True)
+                               saved["samples"], saved["seconds"], cached=True, key=key)
             if run is None:
-                run = self._train(recipe, repeat)
+                run = self._train(recipe, repeat, key)
+                self.seconds_here += run.seconds
                 state = {"correct": run.correct, "losses": run.losses, "logits": run.outputs.logits,
                          "features": run.outputs.features, "samples": run.samples, "seconds": run.seconds}
                 atomic_write(path, lambda f: torch.save(state, f), mode="wb")
-        self._memory[key] = ProxyRun(run.correct, run.losses, run.outputs, run.samples, run.seconds, cached=True)
+        self._memory[key] = ProxyRun(run.correct, run.losses, run.outputs, run.samples, run.seconds,
+                                     cached=True, key=key)
         self._memory.move_to_end(key)
         while len(self._memory) > self._memory_size:
             self._memory.popitem(last=False)
@@ -103,9 +92,10 @@ class ProxyTrainer:
         self.cost["samples"] += run.samples
         self.cost["seconds"] += run.seconds
         self.cost["trained_here"] += not run.cached
+        self.cost["keys"][key] = run.seconds
         return run
 
-    def _train(self, recipe: ProxyRecipe, repeat: int) -> ProxyRun:
+    def _train(self, recipe: ProxyRecipe, repeat: int, key: str) -> ProxyRun:
         start = time.perf_counter()
         dev, n = self.data.device, len(self.labels)
         if recipe.init == "teacher":
@@ -116,14 +106,14 @@ class ProxyTrainer:
             model = to_device(build(registry("models").get(self.cell.model), self.num_classes, self.in_channels,
                                     make_generator(self.cell.seed, "proxy-init", repeat), self.cell.model_params), dev)
         if recipe.quantized:
-            quant = self.cell.quant
-            model = to_device(quantize_model(model, self.cell.w_bits, self.cell.a_bits, first_last=quant.first_last,
-                                             quantize_downsample=quant.quantize_downsample, policy=quant.policy), dev)
+            model = to_device(quantize_model(model, self.cell.w_bits, self.cell.a_bits,
+                                             **self.cell.quant.model_dump()), dev)
             first = torch.randperm(n, generator=make_generator(self.cell.seed, "proxy-calibrate", repeat))
             calibrate(model, torch.cat(list(self.data.train_eval_batches(recipe.batch_size,
                                                                          first[:recipe.batch_size]))))
         opt = make_optimizer(model, recipe)
-        sched = make_scheduler(opt, recipe)
+        horizon = recipe.horizon or recipe.epochs  # a prefix of a longer schedule when horizon > epochs
+        sched = make_scheduler(opt, recipe, lambda: horizon)
         correct = torch.zeros(recipe.epochs, n, dtype=torch.bool, device=dev)
         losses = torch.zeros(recipe.epochs, n, device=dev)
         everything = torch.arange(n)
@@ -139,4 +129,4 @@ class ProxyTrainer:
         with autocast(dev, not recipe.quantized):
             outputs = compute_outputs(model, lambda: self.data.train_eval_batches(self.eval_batch_size))
         return ProxyRun(correct.cpu(), losses.cpu(), Outputs(outputs.logits.cpu(), outputs.features.cpu()),
-                        recipe.epochs * n, time.perf_counter() - start, cached=False)
+                        recipe.epochs * n, time.perf_counter() - start, cached=False, key=key)

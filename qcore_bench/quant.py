@@ -300,6 +300,7 @@ def quantize_model(
     first_last: str = "fp",
     quantize_downsample: bool = True,
     policy: str = "all",
+    act_grad_scale: str = "per_sample",
 ) -> nn.Module:
     """Deep copy of ``model`` with its Conv2d/Linear layers replaced by LSQ-quantized versions.
 
@@ -312,6 +313,11 @@ def quantize_model(
     block conv, activations FP (needs a_bits 32; the last 1x1 ``conv_last`` stays FP; the
     ACS code's MobileNetV2). Activation quantizers are unsigned (post-ReLU inputs) except
     for the layers the model lists in its ``signed_inputs``.
+
+    ``act_grad_scale``: the N of an activation step size's gradient scale 1/sqrt(N Qp).
+    "per_sample" (default): the features of one sample, as LSQ defines N for a layer's
+    activations; "per_batch": every element of the batch (``x.numel()``), as the ACS code
+    computes it, which shrinks the step-size gradient by sqrt(batch size).
     """
     _check_bits(w_bits)
     _check_bits(a_bits)
@@ -319,6 +325,8 @@ def quantize_model(
         raise ValueError(f"first_last must be 'fp' or '8bit', got {first_last!r}")
     if policy not in POLICIES:
         raise ValueError(f"quantization policy must be one of {list(POLICIES)}, got {policy!r}")
+    if act_grad_scale not in ("per_sample", "per_batch"):
+        raise ValueError(f"act_grad_scale must be 'per_sample' or 'per_batch', got {act_grad_scale!r}")
     if policy == "weight_only_blocks" and a_bits != 32:
         raise ValueError(f"policy 'weight_only_blocks' keeps activations full precision: use bits {w_bits}/32")
     qmodel = copy.deepcopy(model)
@@ -341,12 +349,14 @@ def quantize_model(
     for name, new in replacements.items():
         parent_name, _, child_name = name.rpartition(".")
         setattr(qmodel.get_submodule(parent_name), child_name, new)
+        new.act_quant.per_sample = act_grad_scale == "per_sample"
     qmodel.quant_policy = {
         "policy": policy,
         "w_bits": w_bits,
         "a_bits": a_bits,
         "first_last": first_last,
         "quantize_downsample": quantize_downsample,
+        **({"act_grad_scale": act_grad_scale} if act_grad_scale != "per_sample" else {}),
     }
     return qmodel
 

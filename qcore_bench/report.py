@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .store import atomic_write
+from .files import atomic_write
 from .suite import spec_label
 
 GROUP = ["dataset", "model", "bits", "noise", "budget"]
@@ -30,8 +30,13 @@ METRIC_TITLE = {"final": "Final-epoch test top-1 (%)",
 
 
 def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.DataFrame:
-    """One row per finished cell: what the tables group by and what they show."""
-    rows = []
+    """One row per finished cell: what the tables group by and what they show.
+
+    ``proxy_seconds`` is the training time of the proxies a cell's selector read, each shared
+    proxy amortised over the cells of this frame that read it (a result records every proxy's
+    cache key and training seconds); ``selection_seconds`` is the selection's own time.
+    """
+    rows, proxies = [], []
     for r in records:
         c, res = r["config"], r["result"]
         if suite and c["suite"] != suite:
@@ -54,6 +59,14 @@ def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.Dat
             "selection_share": (units.get("selection", 0) + units.get("proxy", 0)) / units["total"]
             if units.get("total") else np.nan,
         })
+        proxy = res.get("proxy") or {}
+        proxies.append(proxy.get("keys") or ({"": proxy["seconds"]} if proxy.get("seconds") else {}))
+    users: dict[str, int] = {}
+    for keys in proxies:
+        for key in keys:
+            users[key] = users.get(key, 0) + 1
+    for row, keys in zip(rows, proxies):  # a result without keys (older runs) is charged its proxies in full
+        row["proxy_seconds"] = sum(s / (users[k] if k else 1) for k, s in keys.items())
     return pd.DataFrame(rows)
 
 
@@ -127,6 +140,7 @@ def summarize(df: pd.DataFrame, metric: str = "final", vs: str = "random") -> pd
                             "paired": d.paired if d else None, "delta_text": d.text() if d else "",
                             "significant": d.significant if d else False,
                             "selection_seconds": m.selection_seconds.mean(), "train_seconds": m.train_seconds.mean(),
+                            "proxy_seconds": m.proxy_seconds.mean(),
                             "noisy_selected": m.noisy_selected.mean(), "distinct_frac": m.distinct_frac.mean(),
                             "epochs": m.epochs.mean(), "cost_units": m.cost_units.mean(),
                             "selection_share": m.selection_share.mean()})
@@ -209,9 +223,13 @@ def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras
             md.append(f"Δ vs {vs} ({'paired' if deltas['paired'].all() else 'Welch'}, 95% CI):\n\n"
                       f"{_md(grid(deltas, 'delta_text', vs))}\n")
         if extras:
-            g = g.assign(extra=[f"sel {r.selection_seconds:.1f}s, train {r.train_seconds:.1f}s, noisy "
-                                f"{r.noisy_selected:.1%}, seen {r.distinct_frac:.0%}" for r in g.itertuples()])
-            md.append(f"Cost and robustness (mean over seeds):\n\n{_md(grid(g, 'extra', vs))}\n")
+            g = g.assign(extra=[f"sel {r.selection_seconds:.1f}s, proxy {r.proxy_seconds:.1f}s, train "
+                                f"{r.train_seconds:.1f}s, noisy {r.noisy_selected:.1%}, seen {r.distinct_frac:.0%}"
+                                for r in g.itertuples()])
+            md.append(f"Cost and robustness (mean over seeds; sel: the selection's own time; proxy: training of "
+                      f"the proxy models it read, each amortised over the cells of this table that share it; "
+                      f"noisy: share of label-noisy samples in the selected subsets):\n\n"
+                      f"{_md(grid(g, 'extra', vs))}\n")
         tex.append(_tex(grid(g, "text", vs), f"{title}: {METRIC_TITLE[metric]}"))
     csv = long.drop(columns=["text"]).to_csv(index=False)
     return {"md": "\n".join(md), "tex": "\n\n".join(tex) + "\n", "csv": csv}

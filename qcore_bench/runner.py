@@ -15,12 +15,11 @@ meanwhile) and load them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import json
 import os
-import platform
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed
+from . import distributed
 from .data import ImageData, apply_label_noise
 from .data.bundle import FileData
 from .data.device import device_data
@@ -38,6 +37,7 @@ from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
 from .budget import TRAIN_UNITS, plan_epochs, train_units
+from .provenance import pinned_threads, provenance
 from .proxy import ProxyTrainer
 from .selection import Outputs, SelectionContext, compute_outputs, validate_selection
 from .store import Store
@@ -59,6 +59,7 @@ class Runtime:
     eval_batch_size: int = 1024
     wandb: WandbCfg | None = None
     num_workers: int | None = None  # DataLoader workers for file data sets (ImageNet)
+    cpu_threads: int = 1  # torch's intra-op threads for a CPU cell: fixed, so results reproduce elsewhere
 
     @property
     def workers(self) -> int:
@@ -89,25 +90,28 @@ def load_data(spec: DatasetSpec, cache_dir: Path) -> ImageData | FileData:
     return _load_data(json.dumps({"name": spec.name, "params": spec.params}, sort_keys=True), spec.root, cache_dir)
 
 
-def provenance() -> dict[str, Any]:
-    return {"qcore_bench": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "host": socket.gethostname(), "time": time.time()}
-
-
 def run_cell(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     """Run (or resume) one cell to completion and store its result; returns the result.
 
-    Under torchrun every rank calls it; only rank 0 writes (and calls ``on_epoch``).
+    Under torchrun every rank calls it; only rank 0 writes (and calls ``on_epoch``). A CPU cell
+    runs with ``rt.cpu_threads`` intra-op threads whatever the process had, and records them.
     """
+    pin = pinned_threads(rt.cpu_threads) if rt.device.type == "cpu" else contextlib.nullcontext()
+    with pin:
+        return _run_cell(cell, store, rt, on_epoch)
+
+
+def _run_cell(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None) -> dict[str, Any]:
     main = distributed.is_main()
+    env = provenance(rt.device)
     if main:
-        store.begin(cell, provenance())
+        store.begin(cell, env)
     wb = (WandbRun(rt.wandb, cell, store.dir(cell.id), log.warning)
           if main and rt.wandb and rt.wandb.enabled else None)
     if wb:
         wb.start()
     try:
-        result = _run(cell, store, rt, on_epoch if main else None, wb.epoch if wb else None)
+        result = _run(cell, store, rt, on_epoch if main else None, wb.epoch if wb else None, env)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) and main:
             store.interrupt(cell.id)  # resumable from its last checkpoint
@@ -128,7 +132,7 @@ def _load_state(store: Store, cell_id: str) -> dict[str, Any] | None:
 
 
 def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
-         log_line: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+         log_line: Callable[[dict[str, Any]], None] | None, env: dict[str, Any]) -> dict[str, Any]:
     dev, shard = rt.device, distributed.shard()
     main = shard.rank == 0
     data = load_data(cell.dataset, rt.cache_dir)
@@ -146,8 +150,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
     if kd.enabled and kd.teacher is not None:
         kd_teacher, kd_info = get_teacher(cell, ddata, labels_dev, data.num_classes, data.in_channels,
                                           rt.cache_dir, rt.eval_batch_size, spec=kd.teacher, weights=kd.weights)
-    student = quantize_model(teacher, cell.w_bits, cell.a_bits, first_last=cell.quant.first_last,
-                             quantize_downsample=cell.quant.quantize_downsample, policy=cell.quant.policy)
+    student = quantize_model(teacher, cell.w_bits, cell.a_bits, **cell.quant.model_dump())
     student = to_device(student, dev)  # the quantized layers are rebuilt contiguous: channels_last again
     for p in student.parameters():
         p.requires_grad_(True)
@@ -199,7 +202,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
     if state is None:
         state = {"epoch": 0, "epochs": cell.train.epochs, "history": [], "subset": None, "weights": None,
                  "seen": torch.zeros(n, dtype=torch.bool), "selection_seconds": 0.0, "train_seconds": 0.0,
-                 "selections": 0, "samples": 0, "noisy_selected": [], "proxy": proxies.cost,
+                 "selections": 0, "samples": 0, "noisy_selected": [], "selection_metrics": [], "proxy": proxies.cost,
                  "units": {"train": 0, "selection": 0, "proxy": 0,
                            "teacher": train_units(tinfo.samples, False) if cell.budget.include_teacher else 0}}
     # the schedule reads the run's length at every step: total_compute may re-plan it
@@ -215,6 +218,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
         line: dict[str, Any] = {"epoch": epoch}
         if selector.due(epoch):
             start, units_before = time.perf_counter(), sum(state["units"].values())
+            proxy_here = proxies.seconds_here
             ctx = SelectionContext(epoch=epoch, total_epochs=total, fraction=cell.fraction, labels=labels,
                                    num_classes=data.num_classes, balanced=cell.selection.balanced,
                                    student=student, teacher=teacher,
@@ -225,7 +229,9 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
                                      variable_budget=selector.variable_budget)
             distributed.assert_same(f"selector '{cell.method.name}': the subset of epoch {epoch}",
                                     sel.indices, sel.weights)
-            seconds = time.perf_counter() - start
+            # a proxy trained during this call is charged as proxy cost, not as this selection's time
+            proxy_trained = proxies.seconds_here - proxy_here
+            seconds = time.perf_counter() - start - proxy_trained
             noisy = float(noise_mask[sel.indices].float().mean())
             state.update(subset=sel.indices, weights=sel.weights, selections=state["selections"] + 1,
                          selection_seconds=state["selection_seconds"] + seconds)
@@ -237,8 +243,9 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
                 state["epochs"] = total = plan_epochs(
                     epochs=cell.train.epochs, per_epoch=len(sel.indices), kd=kd.enabled, spent=spent,
                     per_selection=spent - units_before, due=selector.due, start=epoch)
+            state["selection_metrics"].append({"epoch": epoch, **ctx.metrics})
             line.update(selected=len(sel.indices), selected_noisy_frac=noisy, selection_seconds=seconds,
-                        forward_seconds=ctx.forward_seconds, proxy_seconds=ctx.proxy_seconds, **ctx.metrics)
+                        forward_seconds=ctx.forward_seconds, proxy_trained_seconds=proxy_trained, **ctx.metrics)
         start = time.perf_counter()
         line["lr"] = opt.param_groups[0]["lr"]
         line["train_loss"] = train_epoch(
@@ -278,6 +285,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
         "noisy_in_train": int(noise_mask.sum()),
         "noisy_selected_frac_mean": float(np.mean(state["noisy_selected"])),
         "proxy": proxies.cost,
+        "selection_metrics": state["selection_metrics"],
         "teacher": {"key": tinfo.key, "test_acc": tinfo.test_acc, "seconds": tinfo.seconds,
                     "samples": tinfo.samples, "cached": tinfo.cached},
         **({"kd_teacher": {"key": kd_info.key, "test_acc": kd_info.test_acc, "seconds": kd_info.seconds,
@@ -285,6 +293,7 @@ def _run(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | None,
         "quant_policy": student.quant_policy,
         "device": str(dev),
         "world_size": shard.world,
+        "provenance": env,
     }
     if main:
         store.finish(cell.id, result)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from .recipes import Recipe
 
 
 class SelectionError(ValueError):
@@ -29,6 +32,34 @@ class Outputs:
     @property
     def probs(self) -> torch.Tensor:
         return self.logits.softmax(dim=1)
+
+
+class ProxyRecipe(Recipe):
+    """How a proxy is trained: a training recipe, plus where it starts, whether it is quantized,
+    and the length of the learning-rate schedule it follows.
+
+    ``horizon`` None: the schedule spans the proxy's ``epochs`` (it anneals to ~0 by the end).
+    ``horizon`` > epochs: the proxy trains the first ``epochs`` of a ``horizon``-epoch schedule
+    and is scored there, as EL2N scores at epoch 20 of a 200-epoch run.
+    """
+
+    epochs: Annotated[int, Field(gt=0)] = 10
+    init: Literal["scratch", "teacher"] = "scratch"
+    quantized: bool = False  # True: LSQ at the cell's bits
+    horizon: Annotated[int, Field(gt=0)] | None = None
+
+
+@dataclass(frozen=True)
+class ProxyRun:
+    """One proxy's record over the training set (n samples, E epochs), as selectors read it."""
+
+    correct: torch.Tensor  # bool [E, n]: prediction right at the sample's visit, before the update
+    losses: torch.Tensor  # float [E, n]: per-sample loss at the visit
+    outputs: Outputs  # eval-mode outputs on the un-augmented training set after training
+    samples: int  # sample passes spent training it
+    seconds: float  # wall time of its training, wherever it was trained
+    cached: bool
+    key: str = ""  # what identifies it in the cache: cells that share a proxy share its key
 
 
 @dataclass(frozen=True)
@@ -130,7 +161,7 @@ class SelectionContext:
                  num_classes: int, balanced: bool, student: nn.Module, teacher: nn.Module,
                  output_fns: dict[str, Callable[[], Outputs]], generator: torch.Generator,
                  device: torch.device, seed: int,
-                 proxy_fn: Callable[[Any, int], Any] | None = None,
+                 proxy_fn: Callable[[ProxyRecipe, int], ProxyRun] | None = None,
                  images_fn: Callable[[], torch.Tensor] | None = None) -> None:
         self.epoch = epoch
         self.total_epochs = total_epochs
@@ -183,15 +214,13 @@ class SelectionContext:
             raise RuntimeError("this context has no training images (SelectionContext built without images_fn)")
         return self._images_fn()
 
-    def proxy(self, repeats: int = 1, **recipe: Any) -> list[Any]:
-        """``repeats`` independently seeded proxy runs (``qcore_bench.proxy.ProxyRun``).
+    def proxy(self, repeats: int = 1, **recipe: Any) -> list[ProxyRun]:
+        """``repeats`` independently seeded proxy runs.
 
         ``recipe`` holds ``ProxyRecipe`` fields: epochs, optimizer, lr, init
-        ("scratch" | "teacher"), quantized, ... Runs are cached by what determines them,
-        so selectors and fractions that ask for the same recipe share one training.
+        ("scratch" | "teacher"), quantized, horizon, ... Runs are cached by what determines
+        them, so selectors and fractions that ask for the same recipe share one training.
         """
-        from .proxy import ProxyRecipe
-
         if self._proxy_fn is None:
             raise RuntimeError("this context has no proxy trainer")
         spec = ProxyRecipe(**recipe)

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +28,7 @@ from typing import Any, Iterator
 import torch
 
 from .claims import Claim, claim_timeout, describe, read_claim, remove_stale, stale_reason
+from .files import atomic_write, write_json
 from .suite import Cell
 
 log = logging.getLogger(__name__)
@@ -36,25 +36,6 @@ log = logging.getLogger(__name__)
 
 class StoreError(RuntimeError):
     """A results file that cannot be used as it is; the message names the file and what to do."""
-
-
-def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
-    """Write through a temp file in the same folder, then rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
 
 
 def read_json(path: Path) -> Any:

@@ -16,19 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .presets import presets, resolve_method
+from .recipes import Recipe, Strict
 from .registry import UnknownNameError, did_you_mean, registry
 from .wandb_log import WandbCfg
 
 
 class SuiteError(ValueError):
     """A suite that cannot run; str() is the one-line message for the user."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSpec(Strict):
@@ -58,18 +55,6 @@ class KD(Strict):
     weights: str | None = None
 
 
-class Recipe(Strict):
-    epochs: Annotated[int, Field(gt=0)] = 20
-    batch_size: Annotated[int, Field(gt=0)] = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: Annotated[float, Field(gt=0)] = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = True
-    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    augment: bool = True
-
-
 class Train(Recipe):
     """The QAT recipe every method shares. ``compile``: torch.compile the student's training step."""
 
@@ -97,6 +82,7 @@ class Quant(Strict):
     first_last: Literal["fp", "8bit"] = "fp"
     quantize_downsample: bool = True
     policy: Literal["all", "acs_resnet", "weight_only_blocks"] = "all"
+    act_grad_scale: Literal["per_sample", "per_batch"] = "per_sample"  # see quant.quantize_model
 
 
 class SelectionCfg(Strict):
@@ -221,6 +207,7 @@ class Suite(Strict):
     # runtime settings: they do not change results and are not part of a cell's id
     device: str = "auto"
     eval_batch_size: Annotated[int, Field(gt=0)] = 1024
+    cpu_threads: Annotated[int, Field(gt=0)] = 1  # a CPU cell's torch threads: fixed, so results reproduce
     wandb: WandbCfg = WandbCfg()
     slurm: SlurmCfg = SlurmCfg()
 
@@ -243,6 +230,7 @@ _NOT_IN_ID = (("dataset", "root"), ("teacher", "weights"), ("train", "kd", "weig
 _ID_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("model_params",): {},
     ("quant", "policy"): "all",
+    ("quant", "act_grad_scale"): "per_sample",
     ("teacher", "pretrained"): False,
     ("train", "kd", "teacher"): None,
 }

@@ -29,9 +29,10 @@ from .models.imagenet import load_weights, weights_path
 from .registry import registry
 from .seeding import make_generator
 from .selection import Outputs, compute_outputs
-from .store import atomic_write
+from .files import atomic_write
 from .suite import Cell, ModelSpec
-from .training import DeviceData, autocast, evaluate, make_optimizer, make_scheduler, to_device, train_epoch
+from .training import (DeviceData, autocast, evaluate, make_optimizer, make_scheduler, precision, to_device,
+                       train_epoch)
 
 
 @dataclass
@@ -47,9 +48,10 @@ def _hash(what: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def teacher_key(cell: Cell, spec: ModelSpec | None = None, weights: str | None = None) -> str:
+def teacher_key(cell: Cell, device: torch.device, spec: ModelSpec | None = None, weights: str | None = None) -> str:
     """What determines an FP model: published weights (arch + weight file), or else the training
-    (data, noise, seed, arch, recipe). ``spec`` None: the student's architecture."""
+    (data, noise, seed, arch, recipe, and the device type and precision it trains in: bf16 on
+    CUDA). ``spec`` None: the student's architecture."""
     ident = cell.identity()
     if cell.teacher.pretrained:
         name, params = (spec.name, spec.params) if spec else (cell.model, cell.model_params)
@@ -57,6 +59,7 @@ def teacher_key(cell: Cell, spec: ModelSpec | None = None, weights: str | None =
         size = where.stat().st_size if where.is_file() else None
         return _hash({"model": name, "model_params": params, "weights": where.name, "size": size})
     what = {k: ident[k] for k in ("dataset", "noise", "seed", "model", "teacher", "model_params") if k in ident}
+    what.update(device=device.type, precision=precision(device, True))
     if spec is not None:  # the distillation teacher: its own architecture and seed streams
         what.update(model=spec.name, model_params=spec.params, distill=True)
     return _hash(what)
@@ -70,7 +73,7 @@ def get_teacher(cell: Cell, data: DeviceData, labels: torch.Tensor, num_classes:
     from the cache, or trained on the full (noisy) training set. Returned frozen, in eval mode."""
     name, params = (spec.name, spec.params) if spec else (cell.model, cell.model_params)
     weights = weights if spec else cell.teacher.weights
-    key = teacher_key(cell, spec, weights)
+    key = teacher_key(cell, data.device, spec, weights)
     arch_fn = registry("models").get(name)
     stream = () if spec is None else (name,)  # the student's own FP model keeps its original seeds
     model = to_device(build(arch_fn, num_classes, in_channels, make_generator(cell.seed, "teacher-init", *stream),
@@ -128,8 +131,9 @@ def _train_or_load(cell: Cell, model: nn.Module, path: Path, key: str, data: Dev
 class OutputCache:
     """Eval-mode outputs of frozen FP models on the un-augmented training set, on disk and in memory.
 
-    Keyed by the model's key and the data set's identity, so every cell and every selection
-    that reads the same teacher on the same data shares one pass.
+    Keyed by the model's key, the data set's identity, and the device type and precision of
+    the pass (bf16 autocast on CUDA, float32 on the CPU), so every cell and every selection
+    that reads the same teacher on the same data and device shares one pass.
     """
 
     _memory: OrderedDict[str, Outputs] = OrderedDict()  # process-wide LRU, CPU tensors
@@ -138,9 +142,14 @@ class OutputCache:
     def __init__(self, cache_dir: Path, eval_batch_size: int) -> None:
         self.cache_dir, self.eval_batch_size = cache_dir, eval_batch_size
 
+    @staticmethod
+    def key(model_key: str, cell: Cell, device: torch.device) -> str:
+        return _hash({"model": model_key, "dataset": cell.identity()["dataset"], "what": "train-outputs",
+                      "device": device.type, "precision": precision(device, True)})
+
     def __call__(self, model: nn.Module, model_key: str, cell: Cell, data: DeviceData) -> Outputs:
         """The outputs of ``model`` (identified by ``model_key``) on the cell's training set, on its device."""
-        key = _hash({"model": model_key, "dataset": cell.identity()["dataset"], "what": "train-outputs"})
+        key = self.key(model_key, cell, data.device)
         out = self._memory.get(key)
         if out is None:
             path = self.cache_dir / "outputs" / f"{key}.pt"

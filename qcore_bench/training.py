@@ -20,10 +20,10 @@ from . import distributed
 from .data.device import DeviceData
 from .distributed import Shard
 from .quant import param_groups
-from .suite import Recipe
+from .recipes import Recipe
 
 __all__ = ["DeviceData", "TrainingError", "autocast", "evaluate", "kd_loss", "make_optimizer", "make_scheduler",
-           "to_device", "train_epoch"]
+           "precision", "to_device", "train_epoch"]
 
 SYNC_EVERY = 100  # batches between checks for a non-finite loss (each check waits for the device)
 
@@ -48,6 +48,15 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def precision(device: torch.device, full_precision: bool) -> str:
+    """The arithmetic ``autocast`` gives a model: bf16 for full-precision models on CUDA, else float32.
+
+    Part of every cache key of a model's training or outputs: a bf16 GPU result is not a
+    float32 CPU one, and must not be reused as if it were.
+    """
+    return "bf16" if full_precision and device.type == "cuda" else "fp32"
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

@@ -383,9 +383,9 @@ def test_local_slots_get_their_own_gpu_or_none(monkeypatch: pytest.MonkeyPatch) 
     envs = LocalExecutor(gpus="0,3", per_gpu=2).slot_envs("auto")
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "0", "3", "3"]
     assert {e["QCORE_SLOT_DEVICE"] for e in envs} == {"cuda"} and {e["OMP_NUM_THREADS"] for e in envs} == {"4"}
-    envs = LocalExecutor(gpus="", slots=3).slot_envs("auto")
+    envs = LocalExecutor(gpus="", slots=3).slot_envs("auto", cpu_threads=2)
     assert [(e["CUDA_VISIBLE_DEVICES"], e["QCORE_SLOT_DEVICE"], e["OMP_NUM_THREADS"]) for e in envs] == [
-        ("", "cpu", "5")] * 3
+        ("", "cpu", "2")] * 3  # a CPU slot runs its cells with their pinned thread count
     with pytest.raises(ValueError, match="--device cpu with --gpus"):
         LocalExecutor(gpus="0").slot_envs("cpu")
 

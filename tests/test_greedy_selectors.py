@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from qcore_bench.proxy import ProxyRun
+from qcore_bench.selection import ProxyRun
 from qcore_bench.selection import Outputs, SelectionContext
 from qcore_bench.selectors.glister import GlisterSelector
 from qcore_bench.selectors.kcenter import ContextualDiversitySelector, KCenterSelector, symmetric_kl

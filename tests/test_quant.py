@@ -396,3 +396,21 @@ def test_param_groups_split(fp_model):
     assert any(names[i].endswith("step") for i in free)
     assert any(names[i] == "fc.bias" for i in free)
     torch.optim.SGD(groups, lr=0.1)  # accepted by an optimizer as-is
+
+
+def test_per_batch_activation_gradient_scale_is_the_reference_codes_convention() -> None:
+    """ACS's code scales an activation step's gradient by 1/sqrt(x.numel() Qp): sqrt(batch) below LSQ's."""
+    from qcore_bench.quant import quantize_model
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    x = torch.randn(8, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for convention in ("per_sample", "per_batch"):
+        q = quantize_model(model, 4, 4, act_grad_scale=convention)
+        layer = q.get_submodule("2")
+        assert layer.act_quant.per_sample == (convention == "per_sample")
+        q(x).sum().backward()
+        grads[convention] = layer.act_quant.step.grad.clone()
+    assert torch.allclose(grads["per_batch"] * math.sqrt(8), grads["per_sample"], rtol=1e-5)
+    with pytest.raises(ValueError, match="act_grad_scale must be 'per_sample' or 'per_batch'"):
+        quantize_model(model, 4, 4, act_grad_scale="per_tensor")

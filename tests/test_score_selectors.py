@@ -20,7 +20,8 @@ from conftest import write_suite
 from torch import nn
 
 from qcore_bench.cli import main
-from qcore_bench.proxy import ProxyRecipe, ProxyRun, ProxyTrainer
+from qcore_bench.proxy import ProxyTrainer
+from qcore_bench.selection import ProxyRecipe, ProxyRun
 from qcore_bench.selection import Outputs, SelectionContext, class_budgets
 from qcore_bench.selectors.el2n import EL2NSelector
 from qcore_bench.selectors.forgetting import ForgettingSelector, forgetting_events

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..selection import Selection, SelectionContext, Selector
+from .scoring import error_vector_score
 
 
 def _cosine(t: int, e: int) -> float:
@@ -29,11 +29,6 @@ SCHEDULES = {
     "evs": lambda t, e: 1.0,
     "ds": lambda t, e: 0.0,
 }
-
-
-def error_vector_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """||p - onehot(y)||_2 per sample."""
-    return (probs - F.one_hot(labels, probs.shape[1]).to(probs.dtype)).norm(dim=1)
 
 
 def disagreement_score(probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..selection import Selection, SelectionContext
-from .el2n import ProxyScoreSelector
+from .scoring import ProxyScoreSelector
 
 NEVER_LEARNED = ("most", "zero")
 
@@ -32,8 +32,9 @@ class ForgettingSelector(ProxyScoreSelector):
 
     def __init__(self, never_learned: str = "most", proxy_epochs: int = 10, proxy_lr: float = 0.05,
                  proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
-                 repeats: int = 1) -> None:
-        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats)
+                 repeats: int = 1, proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats,
+                         proxy_schedule, proxy_horizon)
         if never_learned not in NEVER_LEARNED:
             raise ValueError(f"never_learned must be one of {list(NEVER_LEARNED)}, got {never_learned!r}")
         self.never_learned = never_learned

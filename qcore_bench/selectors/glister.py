@@ -24,23 +24,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..selection import Outputs, Selection, SelectionContext
-from .el2n import ProxyScoreSelector
+from ..selection import Selection, SelectionContext
+from .scoring import CHUNK_ELEMENTS, ProxyScoreSelector, check_choice, outputs_from
 
 SOURCES = ("proxy", "student", "teacher")
-CHUNK_ELEMENTS = 1 << 22  # rows per chunk * width: about 16 MB of float32 temporaries
-
-
-def outputs_from(ctx: SelectionContext, source: str, selector: ProxyScoreSelector) -> Outputs:
-    """The outputs a selector scores with: its proxy's, or the live student's / the teacher's."""
-    return selector.proxies(ctx)[0].outputs if source == "proxy" else ctx.outputs(source)
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise a ValueError that names the parameter and the allowed values."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
 
 def residuals(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p - onehot(y): the gradient of per-sample cross-entropy with respect to the logits."""
@@ -70,7 +57,11 @@ class GlisterSelector(ProxyScoreSelector):
     full data; "student"; "teacher"). ``validation``: "holdout" (``val_fraction`` of the
     training set drawn with the generator, not selected unless a budget needs it) or
     "train" (the whole training set); default "holdout", or "train" under
-    ``deepcore_compat``. ``greedy``: "stochastic" (each step scores a random sample of
+    ``deepcore_compat``. ``eta``: the Taylor step, by default ``proxy_lr`` (the GLISTER paper's
+    inner step is the model's learning rate; with ``source`` student or teacher, give that
+    model's). As in the paper and its reference code, theta_S moves by the sum of the chosen
+    samples' gradients, so the validation loss after the greedy (logged, beside the one
+    before) shows whether the step overshoots. ``greedy``: "stochastic" (each step scores a random sample of
     (pool / budget) * log(1 / epsilon) remaining candidates) or "lazy" (a priority queue
     of stale gains; exact only for non-increasing gains, which the Taylor update does not
     guarantee, so it is an approximation, as in the original code). Balanced: one greedy
@@ -78,15 +69,19 @@ class GlisterSelector(ProxyScoreSelector):
     pick order; ``scores`` are the first-step gains of every sample.
     """
 
-    def __init__(self, source: str = "proxy", eta: float = 0.1, greedy: str = "stochastic", epsilon: float = 0.01,
-                 validation: str | None = None, val_fraction: float = 0.1, deepcore_compat: bool = False,
-                 proxy_epochs: int = 5, proxy_lr: float = 0.05, proxy_optimizer: str = "sgd",
-                 proxy_init: str = "scratch", proxy_quantized: bool = False) -> None:
-        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats=1)
+    def __init__(self, source: str = "proxy", eta: float | None = None, greedy: str = "stochastic",
+                 epsilon: float = 0.01, validation: str | None = None, val_fraction: float = 0.1,
+                 deepcore_compat: bool = False, proxy_epochs: int = 5, proxy_lr: float = 0.05,
+                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
+                 proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, 1,
+                         proxy_schedule, proxy_horizon)
         check_choice("source", source, SOURCES)
         check_choice("greedy", greedy, ("stochastic", "lazy"))
         if validation is not None:
             check_choice("validation", validation, ("holdout", "train"))
+        if eta is None:  # the GLISTER paper's inner step is the model's learning rate
+            eta = proxy_lr
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
             raise ValueError(f"eta must be a number > 0, got {eta!r}")
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
@@ -149,6 +144,7 @@ class GlisterSelector(ProxyScoreSelector):
         loss_before = val.loss()
         ids = pool.nonzero().squeeze(1)
         ids = ids[torch.randperm(len(ids), generator=ctx.generator)]  # a random order breaks ties
+        ids = ids[caps[groups[ids]] > 0]  # a class with no budget never enters the greedy
         run = self._lazy if self.greedy == "lazy" else self._stochastic
         picks, evaluated = run(ctx, ids, groups, caps.tolist(), resid, feats, val)
         ctx.log(glister_val_loss=loss_before, glister_val_loss_after_taylor=val.loss(),

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..selection import Selection, SelectionContext
-from .acs import error_vector_score
-from .el2n import ProxyScoreSelector
+from .scoring import ProxyScoreSelector, error_vector_score
 
 
 def last_layer_grad_norm(probs: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -27,8 +26,10 @@ class GraNdSelector(ProxyScoreSelector):
     """Keeps the samples with the highest mean last-layer gradient norm over the proxy runs."""
 
     def __init__(self, proxy_epochs: int = 1, proxy_lr: float = 0.05, proxy_optimizer: str = "sgd",
-                 proxy_init: str = "scratch", proxy_quantized: bool = False, repeats: int = 1) -> None:
-        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats)
+                 proxy_init: str = "scratch", proxy_quantized: bool = False, repeats: int = 1,
+                 proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats,
+                         proxy_schedule, proxy_horizon)
 
     def select(self, ctx: SelectionContext) -> Selection:
         labels = ctx.labels

@@ -16,8 +16,7 @@ from typing import Callable, ClassVar
 import torch
 
 from ..selection import Selection, SelectionContext
-from .el2n import ProxyScoreSelector
-from .glister import CHUNK_ELEMENTS, check_choice, outputs_from
+from .scoring import CHUNK_ELEMENTS, ProxyScoreSelector, check_choice, outputs_from
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -71,8 +70,9 @@ class _GreedyCoverSelector(ProxyScoreSelector):
     name: ClassVar[str] = ""
 
     def __init__(self, source: str, proxy_epochs: int, proxy_lr: float, proxy_optimizer: str, proxy_init: str,
-                 proxy_quantized: bool) -> None:
-        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats=1)
+                 proxy_quantized: bool, proxy_schedule: str, proxy_horizon: int | None) -> None:
+        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, 1,
+                         proxy_schedule, proxy_horizon)
         check_choice("source", source, self.sources)
         self.source = source
 
@@ -112,8 +112,10 @@ class KCenterSelector(_GreedyCoverSelector):
     name: ClassVar[str] = "kcenter"
 
     def __init__(self, source: str = "teacher", proxy_epochs: int = 5, proxy_lr: float = 0.05,
-                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False) -> None:
-        super().__init__(source, proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized)
+                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
+                 proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(source, proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized,
+                         proxy_schedule, proxy_horizon)
 
     def points(self, ctx: SelectionContext) -> torch.Tensor:
         return outputs_from(ctx, self.source, self).features.float()
@@ -133,8 +135,10 @@ class ContextualDiversitySelector(_GreedyCoverSelector):
     name: ClassVar[str] = "contextual_diversity"
 
     def __init__(self, source: str = "proxy", proxy_epochs: int = 5, proxy_lr: float = 0.05,
-                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False) -> None:
-        super().__init__(source, proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized)
+                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
+                 proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(source, proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized,
+                         proxy_schedule, proxy_horizon)
 
     def points(self, ctx: SelectionContext) -> torch.Tensor:
         return outputs_from(ctx, self.source, self).logits.float().log_softmax(dim=1)

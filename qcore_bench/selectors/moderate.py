@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..selection import Selection, SelectionContext, class_budgets, top_k
-from .el2n import ProxyScoreSelector
-from .glister import check_choice, outputs_from
+from .scoring import ProxyScoreSelector, check_choice, outputs_from
 
 
 def median(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -49,8 +48,10 @@ class ModerateSelector(ProxyScoreSelector):
 
     def __init__(self, variant: str = "moderate_ds", source: str = "teacher", centre: str = "median",
                  window: str = "global", proxy_epochs: int = 5, proxy_lr: float = 0.05,
-                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False) -> None:
-        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats=1)
+                 proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
+                 proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, 1,
+                         proxy_schedule, proxy_horizon)
         check_choice("variant", variant, ("moderate_ds", "acs_repo"))
         check_choice("source", source, ("teacher", "proxy"))
         check_choice("centre", centre, ("median", "mean"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..selection import Selection, SelectionContext
-from .el2n import ProxyScoreSelector
+from .scoring import ProxyScoreSelector
 
 
 def _least_confidence(p: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,9 @@ class UncertaintySelector(ProxyScoreSelector):
 
     def __init__(self, method: str = "least_confidence", proxy_epochs: int = 10, proxy_lr: float = 0.05,
                  proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
-                 repeats: int = 1) -> None:
-        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats)
+                 repeats: int = 1, proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+        super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats,
+                         proxy_schedule, proxy_horizon)
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
         self.method = method
