@@ -210,6 +210,21 @@ class _Child:
     wall_start: float = field(default_factory=time.time)
 
 
+def shared_artifacts(cell: Cell) -> str:
+    """What decides the teacher and the proxies a cell needs (data, noise, seed, model, teacher recipe)."""
+    ident = cell.identity()
+    return json.dumps({k: ident.get(k) for k in ("dataset", "noise", "seed", "model", "model_params", "teacher")},
+                      sort_keys=True)
+
+
+def next_cell(queue: list[Cell], running: list[Cell]) -> int:
+    """The index of the queued cell to start next: the first one that shares no teacher or proxy with
+    a running cell, else the first. Two slots that need the same untrained teacher would otherwise
+    run one training while the other waits on its lock."""
+    busy = {shared_artifacts(c) for c in running}
+    return next((i for i, c in enumerate(queue) if shared_artifacts(c) not in busy), 0)
+
+
 class LocalExecutor(Executor):
     """A pool of slots on this machine; each cell runs in its own ``qcore-bench run-cell`` process.
 
@@ -263,7 +278,7 @@ class LocalExecutor(Executor):
             try:
                 while queue or running:
                     while queue and free:
-                        cell = queue.pop(0)
+                        cell = queue.pop(next_cell(queue, [c.cell for c in running.values()]))
                         if store.is_done(cell.id):
                             summary.done.append(cell.id)
                             continue

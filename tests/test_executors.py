@@ -414,3 +414,19 @@ def test_ctrl_c_stops_the_pool_cleanly_and_every_cell_resumes(tmp_path: Path, st
     out = subprocess.run(run_cmd(suite, results), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and f"{2 - list(status.values()).count('done')} to run" in out.stderr, out.stderr
     assert_same_results(straight, results_of(results), results)
+
+
+def test_the_pool_starts_cells_that_share_no_teacher_with_running_ones(tmp_path: Path) -> None:
+    from qcore_bench.executors import next_cell
+    from qcore_bench.suite import expand, load_suite
+
+    suite = write_suite(tmp_path / "s.yaml", noise=[0.0, 0.2], seed=[0, 1])
+    cells = expand(load_suite(suite))
+    group = {c.id: (c.noise.rate, c.seed) for c in cells}
+    running = [cells[0]]
+    queue = cells[1:]
+    chosen = queue[next_cell(queue, running)]
+    assert group[chosen.id] != group[cells[0].id]
+    assert chosen is next(c for c in queue if group[c.id] != group[cells[0].id])  # the first such, in order
+    same = [c for c in cells if group[c.id] == group[cells[0].id]]
+    assert next_cell(same[1:], running) == 0  # nothing else to do: wait for the lock rather than idle
