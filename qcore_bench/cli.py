@@ -352,17 +352,28 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
 @main.command("ls")
 @click.argument("kind", type=click.Choice([*GROUPS, "methods"]))
 @click.argument("pattern", default="*")
-def ls(kind: str, pattern: str) -> None:
-    """What a registry holds (selectors, datasets, models, methods), with each entry's source."""
+@click.option("--suite", "suite_path", type=click.Path(dir_okay=False), default=None,
+              help="methods: also the presets in the methods/ folder beside this suite.")
+def ls(kind: str, pattern: str, suite_path: str | None) -> None:
+    """What a registry holds (selectors, datasets, models, methods), with each entry's source.
+
+    Method presets come from the built-in methods/ folder, the folders in $QCORE_METHODS and,
+    with --suite, the methods/ folder beside that suite.
+    """
     if kind == "methods":
-        from .presets import presets
+        from .presets import PresetError, presets
         from .registry import natural_key
 
-        names = sorted(fnmatch.filter(presets(), pattern), key=natural_key)
+        try:
+            found = presets(suite_path)
+        except PresetError as exc:
+            _fail(str(exc))
+        names = sorted(fnmatch.filter(found, pattern), key=natural_key)
         if not names:
             _fail(f"no methods match '{pattern}'")
         for name in names:
-            click.echo(f"{name:24} {presets()[name]['selector']:20} {presets()[name]['description']}")
+            p = found[name]
+            click.echo(f"{name:24} {p.selector:20} {p.source:10} {p.description}")
         return
     reg = registry(kind)
     names = reg.names(pattern)

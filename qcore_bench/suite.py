@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .presets import presets, resolve_method
+from .presets import PresetError, presets, resolve_method
 from .recipes import Recipe, Strict
 from .registry import UnknownNameError, did_you_mean, registry
 from .wandb_log import WandbCfg
@@ -427,7 +427,7 @@ def _check_names(suite: Suite, file: str) -> None:
         except UnknownNameError as exc:
             if m.selector in registry("selectors"):  # registered, but its plugin failed to import
                 raise SuiteError(f"{key}: {exc}") from None
-            known = [*registry("selectors").names(), *presets()]
+            known = [*registry("selectors").names(), *presets(file)]
             raise SuiteError(f"{key}: unknown method '{m.selector}'{did_you_mean(m.selector, known)}") from None
         from .selection import Selector
 
@@ -461,7 +461,10 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     raw.setdefault("name", path.stem)
     grid = raw.get("grid")
     if isinstance(grid, dict) and "method" in grid:
-        grid["method"] = [resolve_method(m) for m in _listify(grid["method"])]
+        try:
+            grid["method"] = [resolve_method(m, path) for m in _listify(grid["method"])]
+        except PresetError as exc:
+            raise SuiteError(str(exc)) from None
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:

@@ -121,3 +121,14 @@ def test_selectors_import_only_the_contract_and_shared_selector_code() -> None:
         return reach[m]
     indirect = {m: sorted(closure(m) & FORBIDDEN_FOR_SELECTORS) for m in graph if m.startswith("qcore_bench.selectors")}
     assert {m: v for m, v in indirect.items() if v} == {}
+
+
+def test_wandb_is_imported_only_when_enabled() -> None:
+    """wandb is a default dependency, but a run without W&B never pays for importing it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qcore_bench.cli, qcore_bench.runner, qcore_bench.executors, qcore_bench.report; "
+            "print('wandb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
