@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .report import GROUP, METRICS
+from .report import GROUP, METRICS, title
 from .files import atomic_write
 
 
@@ -67,7 +67,7 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
         bx.set(xlabel="total cost (sample forward passes, README cost model)", ylabel=label,
                title="accuracy vs cost", xscale="log")
         ax.legend(fontsize=8)
-        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(GROUP, key)), fontsize=9)
+        fig.suptitle(title(GROUP, key), fontsize=9)
         paths += _save(fig, out, f"fraction_{_slug(key)}")
         plt.close(fig)
 
@@ -83,7 +83,7 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
                 _line(ax, m.noise_rate * 100, m["mean"], m["std"], method, colors[method])
             ax.set(xlabel="label noise (%)", ylabel=label, title=f"kept {f:.0%}")
             ax.legend(fontsize=8)
-        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(by_noise, key)), fontsize=9)
+        fig.suptitle(title(by_noise, key), fontsize=9)
         paths += _save(fig, out, f"noise_{_slug(key)}")
         plt.close(fig)
 
@@ -104,7 +104,7 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
             ax.axhline(g["noise_rate"].iloc[0] * 100, ls=":", color="k", label="noise in the training set")
             ax.set(xlabel="epoch (selection points)", ylabel="noisy samples in the subset (%)", title=f"kept {f:.0%}")
             ax.legend(fontsize=8)
-        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(GROUP, key)), fontsize=9)
+        fig.suptitle(title(GROUP, key), fontsize=9)
         paths += _save(fig, out, f"noisy_{_slug(key)}")
         plt.close(fig)
     return paths

@@ -1,7 +1,8 @@
 """Paper-style tables from stored runs: Markdown, LaTeX (booktabs) and CSV.
 
-One table per group (dataset, model, bits, noise, budget mode): a row per method, a
-column per kept fraction, each entry the mean ± std over seeds of the final-epoch test
+One table per group (dataset, model, bits, noise, budget mode, and the recipe when the
+runs differ in anything else that defines a run: epochs, teacher, quantization, ...): a row
+per method, a column per kept fraction, each entry the mean ± std over seeds of the final-epoch test
 accuracy (the headline; ``metric="best"`` shows best-over-epochs, labelled as such).
 The full-data row has one value, repeated in every column as the reference. Beside
 it, the difference to a reference method (random by default) with a 95% confidence
@@ -11,6 +12,8 @@ method, hence the same teacher, noise draw and initial student), Welch otherwise
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +23,62 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .files import atomic_write
-from .suite import spec_label
+from pydantic import ValidationError
 
-GROUP = ["dataset", "model", "bits", "noise", "budget"]
+from .files import atomic_write
+from .suite import Cell, spec_label
+
+log = logging.getLogger(__name__)
+GROUP = ["dataset", "model", "bits", "noise", "budget", "recipe"]
+# the config keys a table's axes, rows and seeds already show; every other key defines the recipe
+_SHOWN = {"suite", "dataset", "model", "model_params", "w_bits", "a_bits", "noise", "method", "fraction", "seed",
+          "budget.mode"}
 METRICS = {"final": "final_acc", "best": "best_acc_over_epochs"}
 METRIC_TITLE = {"final": "Final-epoch test top-1 (%)",
                 "best": "BEST-over-epochs test top-1 (%) (test-set model selection: optimistic)"}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return out
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys that define a run besides the table's axes, as in the cell id (paths and
+    settings that cannot change the numbers left out); raw for a partial config."""
+    try:
+        config = Cell.model_validate(config).identity()
+    except ValidationError:
+        pass
+    return {k: v for k, v in _flat(config).items() if k not in _SHOWN and k.split(".")[0] not in _SHOWN}
+
+
+def _differing(dicts: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for d in dicts for k in d})
+    return [k for k in keys if len({json.dumps(d.get(k, "–"), sort_keys=True) for d in dicts}) > 1]
+
+
+def _split_variants(rows: list[dict[str, Any]], recipes: list[dict[str, Any]], methods: list[dict[str, Any]]) -> None:
+    """Runs that differ in anything that defines them are never pooled: a recipe that differs
+    (3 vs 8 epochs) gives tables of their own, a method name used for two variants two rows."""
+    keys = _differing(recipes)
+    if keys:
+        log.warning("the runs differ in %s: one table per recipe, each titled with its values", ", ".join(keys))
+    for row, recipe in zip(rows, recipes):
+        row["recipe"] = ", ".join(f"{k} {recipe.get(k, '–')}" for k in keys)
+    by_name: dict[str, set[str]] = {}
+    for m in methods:
+        by_name.setdefault(m["name"], set()).add(json.dumps([m["selector"], m.get("params", {})], sort_keys=True))
+    for row, m in zip(rows, methods):
+        if len(by_name[m["name"]]) > 1:
+            selectors = {json.loads(v)[0] for v in by_name[m["name"]]}
+            name = m["name"] if len(selectors) == 1 else f"{m['name']}[{m['selector']}]"
+            row["method"] = spec_label(name, m.get("params", {}))
 
 
 def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.DataFrame:
@@ -36,7 +88,7 @@ def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.Dat
     proxy amortised over the cells of this frame that read it (a result records every proxy's
     cache key and training seconds); ``selection_seconds`` is the selection's own time.
     """
-    rows, proxies = [], []
+    rows, proxies, recipes, methods = [], [], [], []
     for r in records:
         c, res = r["config"], r["result"]
         if suite and c["suite"] != suite:
@@ -59,6 +111,8 @@ def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.Dat
             "selection_share": (units.get("selection", 0) + units.get("proxy", 0)) / units["total"]
             if units.get("total") else np.nan,
         })
+        recipes.append(_recipe(c))
+        methods.append(c["method"])
         proxy = res.get("proxy") or {}
         proxies.append(proxy.get("keys") or ({"": proxy["seconds"]} if proxy.get("seconds") else {}))
     users: dict[str, int] = {}
@@ -67,6 +121,7 @@ def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.Dat
             users[key] = users.get(key, 0) + 1
     for row, keys in zip(rows, proxies):  # a result without keys (older runs) is charged its proxies in full
         row["proxy_seconds"] = sum(s / (users[k] if k else 1) for k, s in keys.items())
+    _split_variants(rows, recipes, methods)
     return pd.DataFrame(rows)
 
 
@@ -200,8 +255,9 @@ def _tex(table: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
-def _title(key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in zip(GROUP, key))
+def title(keys: list[str], values: tuple[Any, ...]) -> str:
+    """A group's heading; the recipe, when runs differ in it, as its own values."""
+    return ", ".join(str(v) if k == "recipe" else f"{k} {v}" for k, v in zip(keys, values) if k != "recipe" or v)
 
 
 def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras: bool = False) -> dict[str, str]:
@@ -216,8 +272,8 @@ def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras
           f"seeds where the runs pair up; * marks an interval that excludes 0.\n"]
     tex = [f"% generated by qcore-bench: {METRIC_TITLE[metric]}"]
     for key, g in long.groupby(GROUP, sort=False):
-        title = _title(key)
-        md.append(f"### {title}\n\n{_md(grid(g, 'text', vs))}\n")
+        heading = title(GROUP, key)
+        md.append(f"### {heading}\n\n{_md(grid(g, 'text', vs))}\n")
         deltas = g[g["delta_text"] != ""]
         if not deltas.empty:
             md.append(f"Δ vs {vs} ({'paired' if deltas['paired'].all() else 'Welch'}, 95% CI):\n\n"
@@ -230,7 +286,7 @@ def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras
                       f"the proxy models it read, each amortised over the cells of this table that share it; "
                       f"noisy: share of label-noisy samples in the selected subsets):\n\n"
                       f"{_md(grid(g, 'extra', vs))}\n")
-        tex.append(_tex(grid(g, "text", vs), f"{title}: {METRIC_TITLE[metric]}"))
+        tex.append(_tex(grid(g, "text", vs), f"{heading}: {METRIC_TITLE[metric]}"))
     csv = long.drop(columns=["text"]).to_csv(index=False)
     return {"md": "\n".join(md), "tex": "\n\n".join(tex) + "\n", "csv": csv}
 
@@ -266,7 +322,7 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
         table = pd.DataFrame(rows).set_index(["fraction", "method"])
         table.index = [f"{a} {b}" for a, b in table.index]
         table.index.name = "fraction, method"
-        out.append(f"### {', '.join(f'{k} {v}' for k, v in zip(keys, key))}\n\n{_md(table)}\n")
+        out.append(f"### {title(keys, key)}\n\n{_md(table)}\n")
     return "\n".join(out)
 
 

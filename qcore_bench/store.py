@@ -4,14 +4,15 @@
                              status.json    running | done | failed (+ reason, heartbeat)
                              history.jsonl  one line per finished epoch
                              ckpt.pt        state after the last finished epoch
-                             result.json    written last: its presence means done
+                             result.json    written last: done once it and cell.json verify
                              error.txt      traceback of the last failure
                              claim.json     who runs the cell now (host, pid, heartbeat): see claims.py
                              claims.log     one line per claim taken: who ran the cell, when
                              log.txt        output of the cell's own process (local executor)
 
 A killed run loses at most the epoch in flight; a finished result is never rewritten.
-A cell is run only by the process holding its claim.
+A cell is run only by the process holding its claim. A result counts only when its folder
+verifies (``integrity``): otherwise the cell is "damaged", run again, and left out of tables.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from .claims import Claim, claim_timeout, describe, read_claim, remove_stale, stale_reason
 from .files import atomic_write, write_json
+from .integrity import cell_json_problem, history_problem, result_problem
 from .suite import Cell
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,32 @@ class Store:
         path = self.dir(cell_id) / "result.json"
         return read_json(path) if path.is_file() else None
 
-    def is_done(self, cell_id: str) -> bool:
-        """result.json exists and reads: a damaged one (a bad copy) means the cell is finished again."""
+    def damage(self, cell_id: str) -> str | None:
+        """Why a cell with a result.json cannot be counted as done, naming the file; None when it can.
+
+        Its cell.json must hash to the folder's name, its result hold every number the tables
+        read, its history one line per epoch: a copied folder, a hand-edited or truncated file
+        is never counted, and the next ``run`` finishes the cell again from its checkpoint.
+        """
+        d = self.dir(cell_id)
+        if not (d / "cell.json").is_file():
+            return "cell.json: missing"
         try:
-            return self.result(cell_id) is not None
-        except StoreError:
-            return False
+            problem = cell_json_problem(read_json(d / "cell.json"), cell_id)
+            result = read_json(d / "result.json")
+            problem = problem or result_problem(result)
+            if problem is None:
+                history = d / "history.jsonl"
+                problem = history_problem(history.read_text() if history.is_file() else "", result["epochs"])
+        except StoreError as exc:
+            return str(exc).replace(f"{d}{os.sep}", "")
+        except UnicodeDecodeError:
+            return "history.jsonl: not text (damaged)"
+        return problem
+
+    def is_done(self, cell_id: str) -> bool:
+        """result.json exists and the folder verifies: a damaged cell is finished again."""
+        return (self.dir(cell_id) / "result.json").is_file() and self.damage(cell_id) is None
 
     def read_status(self, cell_id: str) -> dict[str, Any]:
         """status.json, or {} when absent or damaged (the other files say where the cell stands)."""
@@ -91,10 +113,10 @@ class Store:
         return None if info is None or stale_reason(info, self.claim_timeout) else info
 
     def status(self, cell_id: str) -> str:
-        """pending | running | interrupted | failed | done | unreadable (a damaged result.json)."""
+        """pending | running | interrupted | failed | done | damaged (see ``damage``)."""
         d = self.dir(cell_id)
         if (d / "result.json").is_file():
-            return "done" if self.is_done(cell_id) else "unreadable"
+            return "done" if self.damage(cell_id) is None else "damaged"
         if self.holder(cell_id) is not None:
             return "running"
         state = self.read_status(cell_id).get("state")
@@ -215,23 +237,24 @@ class Store:
     # ------------------------------------------------------------ reading
 
     def history(self, cell_id: str) -> list[dict[str, Any]]:
+        """The per-epoch lines; StoreError naming the file when one is not JSON."""
         path = self.dir(cell_id) / "history.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: unreadable (truncated or damaged: {exc})") from None
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every finished cell as {"id", "config", "result"}; unreadable ones go to ``problems``."""
+        """Every verified finished cell as {"id", "config", "result"}; the folders that hold a result
+        but do not verify (``damage``) are never counted and go to ``problems``, one line each."""
         if not self.runs.is_dir():
             return
-        for d in sorted(self.runs.iterdir()):
-            res, cfg = d / "result.json", d / "cell.json"
-            if res.is_file() and cfg.is_file():
-                try:
-                    cell, result = read_json(cfg), read_json(res)
-                    record = {"id": cell["id"], "config": cell["config"], "result": result}
-                except (StoreError, KeyError, TypeError) as exc:
-                    self.problems.append(f"{d}: skipped, {exc}")
-                    continue
-                yield record
+        for d in sorted(p for p in self.runs.iterdir() if (p / "result.json").is_file()):
+            problem = self.damage(d.name)
+            if problem is not None:
+                self.problems.append(f"{d}: skipped, {problem}")
+                continue
+            yield {"id": d.name, "config": read_json(d / "cell.json")["config"], "result": read_json(d / "result.json")}
 
     def stored(self) -> dict[str, dict[str, Any]]:
         """Config of every cell that has a folder with a readable cell.json, by id."""
