@@ -14,7 +14,7 @@ from qcore_bench.report import frame, summarize
 from qcore_bench.runner import Runtime, run_cell
 from qcore_bench.store import Store
 from qcore_bench.suite import expand, load_suite
-from qcore_bench.wandb_log import WandbCfg, records_from_wandb, sync
+from qcore_bench.wandb_log import SESSION_ENV, WandbCfg, records_from_wandb, summary_line, sync
 
 wandb = pytest.importorskip("wandb")
 OFFLINE = WandbCfg(enabled=True, project="qcore-test", mode="offline")
@@ -57,6 +57,31 @@ def test_wandb_failure_does_not_fail_the_run(tmp_path: Path, monkeypatch: pytest
     assert Store(tmp_path / "r").is_done(cell.id) and result["final_acc"] > 0
     warnings = [r for r in caplog.records if "W&B init failed" in r.getMessage()]
     assert len(warnings) == 1 and "continuing without W&B" in warnings[0].getMessage()
+
+
+def test_after_the_first_unreachable_init_the_sweep_logs_offline_without_trying_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv(SESSION_ENV, raising=False)  # a new sweep
+    real_init, modes = wandb.init, []
+
+    def init(*args: object, mode: str, settings: object, **kwargs: object) -> object:
+        modes.append((mode, settings.init_timeout))
+        if mode == "online":
+            raise ConnectionError("api.wandb.ai unreachable")
+        return real_init(*args, mode=mode, settings=settings, **kwargs)
+    monkeypatch.setattr(wandb, "init", init)
+    cells = expand(load_suite(write_suite(tmp_path / "s.yaml", method=["full", "random"])))
+    rt = Runtime(torch.device("cpu"), Path(os.environ["QCORE_CACHE"]),
+                 wandb=WandbCfg(enabled=True, project="qcore-test", mode="online", init_timeout=3))
+    store = Store(tmp_path / "r")
+    for cell in cells:
+        run_cell(cell, store, rt)
+    assert modes == [("online", 3), ("offline", 3), ("offline", 3)]  # one try online, in the whole sweep
+    assert all(store.is_done(c.id) and run_dirs(store.dir(c.id)) for c in cells)  # `sync` uploads them later
+    assert caplog.text.count("W&B unreachable") == 1
+    assert "W&B was unreachable (ConnectionError: api.wandb.ai unreachable)" in summary_line(tmp_path / "r")
+    monkeypatch.setenv(SESSION_ENV, "the-next-sweep")  # tries online again
+    assert summary_line(tmp_path / "r") is None
 
 
 def test_sync_uploads_every_offline_run(tmp_path: Path) -> None:
