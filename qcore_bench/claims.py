@@ -112,6 +112,13 @@ def describe(info: dict[str, Any]) -> str:
     return f"{who}{f' ({owner})' if owner and not owner.endswith(who) else ''}, heartbeat {age:.0f}s ago"
 
 
+def _takeover(info: dict[str, Any], timeout: float | None) -> str:
+    """When a waiter takes a lock over if its holder stops: its heartbeat plus the timeout."""
+    at = float(info.get("heartbeat", 0)) + claim_timeout(timeout)
+    return (f"taken over at {time.strftime('%H:%M:%S', time.localtime(at))} (in {max(0.0, at - time.time()):.0f}s) "
+            "if its heartbeat stops")
+
+
 def _write_tmp(path: Path, info: dict[str, Any]) -> Path:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     with open(tmp, "w") as f:
@@ -275,12 +282,12 @@ def file_lock(target: Path, timeout: float | None = None, poll: float = 0.2) -> 
     that dies leaves a stale lock that the next waiter takes over.
     """
     path = target.parent / f"{target.name}.lock"
-    announced = False
+    announced = None
     while (claim := Claim.acquire(path, timeout)) is None:
-        if not announced:
-            held = read_claim(path)
-            log.info("waiting for %s to build %s", describe(held) if held else "another process", target)
-            announced = True
+        held = read_claim(path)
+        if held is not None and held.get("token") != announced:  # once per holder: what, who, until when
+            log.warning("waiting for %s to build %s; %s", describe(held), target, _takeover(held, timeout))
+            announced = held.get("token")
         time.sleep(poll)
     claim.start_heartbeat()
     try:

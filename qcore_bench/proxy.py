@@ -9,7 +9,6 @@ repeat index), so a 5-fraction sweep trains it once.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .claims import file_lock
+from .cache import load_or_build
 from .files import atomic_write
 from .models import build
 from .quant import calibrate, quantize_model
@@ -28,7 +27,7 @@ from .registry import registry
 from .seeding import make_generator
 from .selection import Outputs, ProxyRecipe, ProxyRun, compute_outputs
 from .suite import Cell
-from .training import DeviceData, autocast, make_optimizer, make_scheduler, precision, to_device, train_epoch
+from .training import DeviceData, TrainingError, autocast, make_optimizer, make_scheduler, precision, to_device, train_epoch
 
 
 class ProxyTrainer:
@@ -69,19 +68,22 @@ class ProxyTrainer:
         key = self.key(recipe, repeat)
         path = self.cache_dir / "proxies" / f"{key}.pt"
         run = self._memory.get(key)
-        with contextlib.ExitStack() as lock:
-            if run is None and not path.is_file():  # one process trains it; others wait here, then load it
-                lock.enter_context(file_lock(path))
-            if run is None and path.is_file():
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                run = ProxyRun(saved["correct"], saved["losses"], Outputs(saved["logits"], saved["features"]),
-                               saved["samples"], saved["seconds"], cached=True, key=key)
-            if run is None:
-                run = self._train(recipe, repeat, key)
-                self.seconds_here += run.seconds
-                state = {"correct": run.correct, "losses": run.losses, "logits": run.outputs.logits,
-                         "features": run.outputs.features, "samples": run.samples, "seconds": run.seconds}
-                atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+
+        def load(p: Path) -> ProxyRun:
+            saved = torch.load(p, map_location="cpu", weights_only=True)
+            return ProxyRun(saved["correct"], saved["losses"], Outputs(saved["logits"], saved["features"]),
+                            saved["samples"], saved["seconds"], cached=True, key=key)
+
+        def train() -> ProxyRun:
+            trained = self._train(recipe, repeat, key)
+            self.seconds_here += trained.seconds
+            state = {"correct": trained.correct, "losses": trained.losses, "logits": trained.outputs.logits,
+                     "features": trained.outputs.features, "samples": trained.samples, "seconds": trained.seconds}
+            atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+            return trained
+
+        if run is None:  # one process trains it; others wait, then load it
+            run = load_or_build(path, load, train, "proxy run")[0]
         self._memory[key] = ProxyRun(run.correct, run.losses, run.outputs, run.samples, run.seconds,
                                      cached=True, key=key)
         self._memory.move_to_end(key)
@@ -122,9 +124,13 @@ class ProxyTrainer:
                 idx = idx.to(dev)
                 correct[e, idx] = logits.argmax(1) == self.labels[idx]
                 losses[e, idx] = loss.float()
-            train_epoch(model, opt, self.data, self.labels, everything, batch_size=recipe.batch_size,
-                        augmented=recipe.augment, on_batch=record, amp=not recipe.quantized,
-                        generator=make_generator(self.cell.seed, "proxy-train", repeat, epoch))
+            try:
+                train_epoch(model, opt, self.data, self.labels, everything, batch_size=recipe.batch_size,
+                            augmented=recipe.augment, on_batch=record, amp=not recipe.quantized,
+                            generator=make_generator(self.cell.seed, "proxy-train", repeat, epoch))
+            except TrainingError as exc:  # the selector's proxy, not the student
+                raise TrainingError(f"the proxy run diverged, not the student: epoch {epoch} of proxy recipe "
+                                    f"{recipe.model_dump(exclude_defaults=True)}: {exc}") from None
             sched.step()
         with autocast(dev, not recipe.quantized):
             outputs = compute_outputs(model, lambda: self.data.train_eval_batches(self.eval_batch_size))

@@ -7,11 +7,15 @@ distillation teacher is the same model, or another architecture (``train.kd.teac
 e.g. ResNet-101 for a ResNet-18 student on ImageNet). Both are frozen, so their eval-mode
 outputs on the un-augmented training set are computed once and shared by every cell and
 every selection (on disk under ``<cache>/outputs`` and in memory).
+
+A teacher whose training diverges fails its cells as the teacher's fault, not the
+student's, and leaves ``<teacher>.pt.diverged`` beside the cache so that the other cells
+of that teacher fail at once instead of training it again (deterministically, to the same
+divergence).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .claims import file_lock
+from .cache import load_or_build
 from .models import build
 from .models.imagenet import load_weights, weights_path
 from .registry import registry
@@ -31,8 +35,8 @@ from .seeding import make_generator
 from .selection import Outputs, compute_outputs
 from .files import atomic_write
 from .suite import Cell, ModelSpec
-from .training import (DeviceData, autocast, evaluate, make_optimizer, make_scheduler, precision, to_device,
-                       train_epoch)
+from .training import (DeviceData, TrainingError, autocast, evaluate, make_optimizer, make_scheduler, precision,
+                       to_device, train_epoch)
 
 
 @dataclass
@@ -84,10 +88,7 @@ def get_teacher(cell: Cell, data: DeviceData, labels: torch.Tensor, num_classes:
         info = _published_info(model, cache_dir / "teachers" / f"{name}-{on_data}.json", key, data, eval_batch_size)
     else:
         path = cache_dir / "teachers" / f"{name}-{key}.pt"
-        with contextlib.ExitStack() as lock:
-            if not path.is_file():  # one process trains it; others needing it now wait here, then load it
-                lock.enter_context(file_lock(path))
-            info = _train_or_load(cell, model, path, key, data, labels, eval_batch_size, stream)
+        info = _train_or_load(cell, model, path, key, data, labels, eval_batch_size, stream)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -106,26 +107,44 @@ def _published_info(model: nn.Module, info_path: Path, key: str, data: DeviceDat
 
 def _train_or_load(cell: Cell, model: nn.Module, path: Path, key: str, data: DeviceData, labels: torch.Tensor,
                    eval_batch_size: int, stream: tuple[str, ...] = ()) -> TeacherInfo:
-    if path.is_file():
-        saved = torch.load(path, map_location=data.device, weights_only=True)
+    """From the cache, or trained by one process while the others wait (``cache.load_or_build``)."""
+    init = {k: v.clone() for k, v in model.state_dict().items()}  # a damaged file must not leave weights behind
+
+    def load(p: Path) -> TeacherInfo:
+        saved = torch.load(p, map_location=data.device, weights_only=True)
+        info = TeacherInfo(key, float(saved["test_acc"]), saved["seconds"], saved["samples"], cached=True)
         model.load_state_dict(saved["state_dict"])
-        info = TeacherInfo(key, saved["test_acc"], saved["seconds"], saved["samples"], cached=True)
-    else:
+        return info
+
+    def train() -> TeacherInfo:
+        model.load_state_dict(init)
+        diverged = path.with_name(path.name + ".diverged")
+        if diverged.is_file():
+            raise TrainingError(f"the teacher diverged in an earlier run ({diverged.read_text().strip()}; recorded in "
+                                f"{diverged}): change the teacher recipe, or delete that file to train it again")
         start = time.perf_counter()
         recipe = cell.teacher
         opt, everything = make_optimizer(model, recipe), torch.arange(len(labels))
         sched = make_scheduler(opt, recipe)
         for epoch in range(recipe.epochs):
             gen = make_generator(cell.seed, "teacher-train", epoch, *stream)
-            train_epoch(model, opt, data, labels, everything, batch_size=recipe.batch_size,
-                        augmented=recipe.augment, generator=gen, amp=True)
+            try:
+                train_epoch(model, opt, data, labels, everything, batch_size=recipe.batch_size,
+                            augmented=recipe.augment, generator=gen, amp=True)
+            except TrainingError as exc:  # the FP teacher, not the student: say so, and do not train it again
+                atomic_write(diverged, lambda f: f.write(f"epoch {epoch}: {exc}\n"))
+                raise TrainingError(f"the teacher diverged, not the student: epoch {epoch} of the teacher recipe "
+                                    f"(teacher.lr {recipe.lr:g}): {exc}; recorded in {diverged}, so its other cells "
+                                    "fail at once") from None
             sched.step()
         acc, _ = evaluate(model, data, eval_batch_size, amp=True)
         info = TeacherInfo(key, acc, time.perf_counter() - start, recipe.epochs * len(labels), cached=False)
         state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                  "test_acc": acc, "seconds": info.seconds, "samples": info.samples}
         atomic_write(path, lambda f: torch.save(state, f), mode="wb")
-    return info
+        return info
+
+    return load_or_build(path, load, train, "teacher")[0]
 
 
 class OutputCache:
@@ -153,18 +172,19 @@ class OutputCache:
         out = self._memory.get(key)
         if out is None:
             path = self.cache_dir / "outputs" / f"{key}.pt"
-            with contextlib.ExitStack() as lock:
-                if not path.is_file():  # one process computes them; others wait, then load
-                    lock.enter_context(file_lock(path))
-                if path.is_file():
-                    saved = torch.load(path, map_location="cpu", weights_only=True)
-                    out = Outputs(saved["logits"], saved["features"])
-                else:
-                    with autocast(data.device, True):
-                        computed = compute_outputs(model, lambda: data.train_eval_batches(self.eval_batch_size))
-                    out = Outputs(computed.logits.cpu(), computed.features.cpu())
-                    state = {"logits": out.logits, "features": out.features}
-                    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+
+            def load(p: Path) -> Outputs:
+                saved = torch.load(p, map_location="cpu", weights_only=True)
+                return Outputs(saved["logits"], saved["features"])
+
+            def compute() -> Outputs:
+                with autocast(data.device, True):
+                    computed = compute_outputs(model, lambda: data.train_eval_batches(self.eval_batch_size))
+                state = {"logits": computed.logits.cpu(), "features": computed.features.cpu()}
+                atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+                return Outputs(state["logits"], state["features"])
+
+            out = load_or_build(path, load, compute, "teacher outputs")[0]
         self._memory[key] = out
         self._memory.move_to_end(key)
         while len(self._memory) > self._memory_size:

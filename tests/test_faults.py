@@ -1,0 +1,84 @@
+"""One bad cell, cache file or lock never breaks a command: what a researcher sees for each fault."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY, write_suite
+
+from qcore_bench.cli import main
+from qcore_bench.proxy import ProxyTrainer
+from qcore_bench.store import Store
+from qcore_bench.suite import expand, load_suite
+from qcore_bench.teacher import OutputCache, teacher_key
+
+EL2N = {"name": "el2n", "params": {"proxy_epochs": 1}}  # a proxy-based selector with a cheap proxy
+
+
+def run(*args: str) -> object:
+    """A command as a new process would run it: nothing kept in memory from an earlier one."""
+    ProxyTrainer._memory.clear()
+    OutputCache._memory.clear()
+    return CliRunner().invoke(main, [*args])
+
+
+def failed_cells(out: object) -> str:
+    assert out.exit_code == 1, out.output
+    return out.output.split("cells failed:")[1]
+
+
+@pytest.mark.parametrize("which", ["teachers", "proxies"])
+def test_a_corrupt_cache_file_is_named_set_aside_and_built_again_once(
+        which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QCORE_CACHE", str(cache))
+    suite, results = write_suite(tmp_path / "s.yaml", method=["random", EL2N]), tmp_path / "r"
+    assert run("run", str(suite), "--results", str(results)).exit_code == 0
+    before = {r["id"]: r["result"]["final_acc"] for r in Store(results).records()}
+    (damaged,) = (cache / which).glob("*.pt")
+    damaged.write_bytes(damaged.read_bytes()[:200])  # a copy cut short by a full disk
+    out = run("run", str(suite), "--results", str(results), "--clear", "*")
+    assert out.exit_code == 0, out.output
+    assert caplog.text.count("is unreadable") == 1  # built again once, for both cells
+    assert f"{damaged} is unreadable" in caplog.text and f"kept as {damaged.name}.corrupt" in caplog.text
+    assert (damaged.parent / f"{damaged.name}.corrupt").is_file()
+    assert {r["id"]: r["result"]["final_acc"] for r in Store(results).records()} == before  # the same numbers
+
+
+def test_a_diverging_teacher_is_named_and_not_trained_again_for_each_cell(tmp_path: Path) -> None:
+    teacher = {**TINY["teacher"], "lr": 1e30, "schedule": "constant"}
+    suite = write_suite(tmp_path / "s.yaml", {"teacher": teacher}, method=["full", "random"])
+    block = failed_cells(run("run", str(suite), "--results", str(tmp_path / "r")))
+    assert block.count("the teacher diverged, not the student: epoch 0 of the teacher recipe (teacher.lr 1e+30)") == 1
+    assert block.count("the teacher diverged in an earlier run (epoch 0: non-finite training loss") == 1
+    assert "change the teacher recipe, or delete that file to train it again" in block
+
+
+def test_a_stale_lock_of_another_host_says_what_it_waits_for_and_when_it_is_taken_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QCORE_CACHE", str(cache))
+    monkeypatch.setenv("QCORE_CLAIM_TIMEOUT", "2")
+    suite = write_suite(tmp_path / "s.yaml", method=["random"])
+    (cell,) = expand(load_suite(suite))
+    lock = cache / "teachers" / f"{cell.model}-{teacher_key(cell, torch.device('cpu'))}.pt.lock"
+    lock.parent.mkdir(parents=True)
+    now = time.time()  # a builder on another node that died (or lost the file system) just now
+    lock.write_text(json.dumps({"host": "node-17", "pid": 4242, "owner": "slurm:99_3", "token": uuid.uuid4().hex,
+                                "started": now, "heartbeat": now}))
+    assert socket.gethostname() != "node-17"
+    out = run("run", str(suite), "--results", str(tmp_path / "r"))
+    assert out.exit_code == 0, out.output
+    waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for")]
+    assert len(waiting) == 1, waiting
+    assert waiting[0].startswith(f"waiting for node-17:4242 (slurm:99_3), heartbeat 0s ago to build {lock.parent}")
+    assert "; taken over at " in waiting[0] and "(in 2s) if its heartbeat stops" in waiting[0]
+    assert f"taking over {lock}: no heartbeat for" in caplog.text
