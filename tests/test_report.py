@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_suite
 from scipy import stats
 
 from qcore_bench.cli import main
 from qcore_bench.report import frame, render, summarize
+from qcore_bench.suite import Cell, expand, load_suite
 
 ACC = {  # method -> fraction -> per-seed final accuracy
     "full": {1.0: [90.0, 91.0, 92.0]},
@@ -99,13 +101,17 @@ def test_missing_seeds_are_marked_and_metric_best_is_labelled() -> None:
 
 
 def test_table_command_writes_md_tex_csv_png(tmp_path: Path) -> None:
+    (template,) = expand(load_suite(write_suite(tmp_path / "s.yaml", method=["random"])))
     runs = tmp_path / "results" / "runs"
-    for r in records() + records("total_compute"):
-        d = runs / r["id"]
+    for r in records() + records("total_compute"):  # each in a folder named by its config's hash, as a run writes
+        config = {**template.model_dump(mode="json"), **{k: r["config"][k] for k in
+                                                         ("method", "fraction", "seed", "noise", "budget")}}
+        d = runs / Cell.model_validate(config).id
         d.mkdir(parents=True)
-        (d / "cell.json").write_text(json.dumps({"id": r["id"], "config": r["config"]}))
+        (d / "cell.json").write_text(json.dumps({"id": d.name, "config": config}))
         (d / "result.json").write_text(json.dumps(r["result"]))
-        (d / "history.jsonl").write_text(json.dumps({"epoch": 0, "selected_noisy_frac": 0.05}) + "\n")
+        (d / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "test_acc": 50.0, "selected_noisy_frac": 0.05})
+                                                 + "\n" for e in range(r["result"]["epochs"])))
     out = tmp_path / "tables"
     res = CliRunner().invoke(main, ["table", "--results", str(tmp_path / "results"), "--out", str(out), "--fair"])
     assert res.exit_code == 0, res.output
@@ -117,5 +123,5 @@ def test_table_command_writes_md_tex_csv_png(tmp_path: Path) -> None:
     assert r"\toprule" in tex and r"\textbf{83.17 $\pm$ 1.26}" in tex
     assert "acc @ equal compute" in (out / "fair.md").read_text()
     csv = (out / "tables.csv").read_text().splitlines()
-    assert csv[0].startswith("dataset,model,bits,noise,budget,method,fraction")
+    assert csv[0].startswith("dataset,model,bits,noise,budget,recipe,method,fraction")
     assert len(csv) == 1 + 2 * 8  # two budget modes x (full, random, acs, el2n) x 2 fractions
