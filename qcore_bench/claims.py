@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -48,8 +49,8 @@ def claim_timeout(value: float | None = None) -> float:
             value = float(raw) if raw else DEFAULT_TIMEOUT
         except ValueError:
             raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"claim timeout must be > 0 seconds, got {value}")
+    if not math.isfinite(value) or value <= 0:  # nan compares false; inf overflows the heartbeat's wait
+        raise ValueError(f"claim timeout must be a finite number of seconds > 0, got {value}")
     return float(value)
 
 

@@ -44,8 +44,11 @@ def natural_key(text: str) -> list[Any]:
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(sorted(choices, key=natural_key))})"
+    """'; did you mean 'acs'?' for a near miss (case does not count: 'ACS'), else every known name once."""
+    names = sorted(set(choices), key=natural_key)
+    by_lower = {c.lower(): c for c in names}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close else f" (known: {', '.join(names)})"
 
 
 class Registry:

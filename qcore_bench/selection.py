@@ -85,8 +85,8 @@ class Selector:
     variable_budget: ClassVar[bool] = False
 
     def __init__(self, every: int = 10) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a whole number of epochs >= 1, got {every!r}")
         self.every = every
 
     def due(self, epoch: int) -> bool:

@@ -165,8 +165,11 @@ def test_timeout_from_env_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("QCORE_CLAIM_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="QCORE_CLAIM_TIMEOUT='soon': expected a number of seconds"):
         claim_timeout()
-    with pytest.raises(ValueError, match="must be > 0"):
+    with pytest.raises(ValueError, match="must be a finite number of seconds > 0, got 0"):
         claim_timeout(0)
+    for bad in ("nan", "inf"):  # nan passed every comparison; inf made the heartbeat thread overflow
+        with pytest.raises(ValueError, match=f"must be a finite number of seconds > 0, got {bad}"):
+            claim_timeout(float(bad))
 
 
 def test_store_status_follows_the_claim(tmp_path: Path) -> None:
