@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from qcore_bench.report import frame, summarize
 from qcore_bench.runner import Runtime, run_cell
 from qcore_bench.store import Store
 from qcore_bench.suite import expand, load_suite
-from qcore_bench.wandb_log import SESSION_ENV, WandbCfg, records_from_wandb, summary_line, sync
+from qcore_bench.wandb_log import SESSION_ENV, WandbCfg, offline_runs, records_from_wandb, summary_line, sync
 
 wandb = pytest.importorskip("wandb")
 OFFLINE = WandbCfg(enabled=True, project="qcore-test", mode="offline")
@@ -120,3 +124,37 @@ def test_tables_from_recorded_wandb_responses() -> None:
     long = summarize(frame(records))
     acs = long[long.method == "acs"].iloc[0]
     assert acs["mean"] == pytest.approx(81.0) and acs["n"] == 2
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on: connections are refused at once, as with no network."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_an_unreachable_wandb_costs_one_init_timeout_per_sweep_not_per_cell(tmp_path: Path) -> None:
+    """Three cells in cell processes (local executor) with W&B online and unreachable: the
+    sweep takes one init timeout longer than without W&B, not three (or 3 x 90 s)."""
+    suite = write_suite(tmp_path / "s.yaml", method=["random"], fraction=[0.25, 0.5, 0.75])
+    env = {**os.environ, "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", "WANDB_MODE": "online",
+           "WANDB_API_KEY": "f" * 40, "OMP_NUM_THREADS": "1"}
+    env.pop(SESSION_ENV, None)
+
+    def sweep(results: str, *extra: str) -> tuple[float, subprocess.CompletedProcess]:
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "qcore_bench", "run", str(suite), "--results",
+                              str(tmp_path / results), "--executor", "local", "--slots", "1", *extra],
+                             env=env, capture_output=True, text=True, timeout=600)
+        return time.perf_counter() - start, out
+
+    assert sweep("warm")[1].returncode == 0  # the teacher, trained once for both timed sweeps
+    plain, _ = sweep("plain")
+    timed, out = sweep("wandb", "--wandb")
+    assert out.returncode == 0, out.stderr
+    assert timed - plain < 10 + 8, (plain, timed)  # one 10 s init timeout, and offline logging
+    tried = [d for d in (tmp_path / "wandb" / "runs").iterdir() if "W&B unreachable" in (d / "log.txt").read_text()]
+    assert len(tried) == 1  # the other cell processes never tried
+    assert out.stderr.count("W&B was unreachable (CommError") == 1 and "qcore-bench sync --results" in out.stderr
+    assert len(offline_runs(tmp_path / "wandb")) == 3  # the local store is complete: `sync` uploads them later
