@@ -16,12 +16,14 @@ import pathlib
 import pickle
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from qcore_bench.claims import file_lock
+from qcore_bench.data.catalog import describe
 from qcore_bench.files import atomic_write
 from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats, limit
 
@@ -145,6 +147,14 @@ def _load_cache(path: pathlib.Path) -> dict | None:
         return None
 
 
+def check_imagefolder(root: str | None, **params: Any) -> None:
+    """The layout is there and every class holds images (nothing is decoded)."""
+    if root is None:
+        raise DatasetError(f"imagefolder needs data.root: a folder with the layout {LAYOUT}")
+    _scan(pathlib.Path(root).expanduser().resolve())
+
+
+@describe(None, check_imagefolder)
 def load_imagefolder(
     root: str | None,
     cache_dir: pathlib.Path,
