@@ -125,15 +125,16 @@ def test_table_command_writes_md_tex_csv_png(tmp_path: Path) -> None:
 def varied_records() -> list[dict]:
     """Both budget modes, with cost, coverage and noise numbers that differ by method, seed and mode."""
     recs = []
-    for budget, shift in (("per_epoch_fraction", 0.0), ("total_compute", 1.5)):
+    for budget, shift, more in (("per_epoch_fraction", 0.0, 0), ("total_compute", 1.5, 4)):
         for k, (method, by_f) in enumerate(ACC.items()):
             for f, accs in by_f.items():
                 for seed, acc in enumerate(accs):
-                    r = record(method, f, seed, acc + shift * (k - seed), budget, epochs=10 + k * seed)
+                    r = record(method, f, seed, acc + shift * (k - seed), budget, epochs=10 + k * seed + more)
                     r["result"].update(
                         distinct_samples_seen=20 + 7 * k + 11 * seed, noisy_selected_frac_mean=0.01 * (k + 1) + 0.03 * seed,
                         selection_seconds=0.2 * k + seed, train_seconds=2.0 + k + 0.5 * seed,
-                        cost_units={"total": 400 + 10 * seed, "selection": 5 * k + seed, "proxy": 3 * seed})
+                        cost_units={"total": 400 + 10 * seed, "selection": 5 * k + seed, "proxy": 3 * seed},
+                        proxy={"keys": {r["id"]: 1.0 + k + 2 * seed}})  # a proxy of its own: not amortised
                     recs.append(r)
     return recs
 
@@ -204,5 +205,6 @@ def test_table_entries_and_extras_are_the_means_a_user_reads() -> None:
     assert accuracy["acs"]["30%"].strip("*") == f"{g.final_acc.mean():.2f} ± {g.final_acc.std(ddof=1):.2f}"
     assert deltas["acs"]["30%"] == expected_delta(g.set_index("seed").final_acc, ref.set_index("seed").final_acc)
     assert extras["acs"]["30%"] == (
-        f"sel {g.selection_seconds.mean():.1f}s, proxy 0.0s, train {g.train_seconds.mean():.1f}s, "
+        f"sel {g.selection_seconds.mean():.1f}s, proxy {g.proxy.map(lambda p: sum(p['keys'].values())).mean():.1f}s, "
+        f"train {g.train_seconds.mean():.1f}s, "
         f"noisy {g.noisy_selected_frac_mean.mean():.1%}, seen {(g.distinct_samples_seen / g.train_size).mean():.0%}")
