@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import events
 from .cache import load_or_build
 from .files import atomic_write
 from .models import build
@@ -119,6 +120,8 @@ class ProxyTrainer:
         correct = torch.zeros(recipe.epochs, n, dtype=torch.bool, device=dev)
         losses = torch.zeros(recipe.epochs, n, device=dev)
         everything = torch.arange(n)
+        what = f"proxy {self.cell.model_label} (repeat {repeat})"
+        events.report(what, 0, recipe.epochs)
         for epoch in range(recipe.epochs):
             def record(idx: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, e: int = epoch) -> None:
                 idx = idx.to(dev)
@@ -132,7 +135,9 @@ class ProxyTrainer:
                 raise TrainingError(f"the proxy run diverged, not the student: epoch {epoch} of proxy recipe "
                                     f"{recipe.model_dump(exclude_defaults=True)}: {exc}") from None
             sched.step()
+            events.report(what, epoch + 1, recipe.epochs)
         with autocast(dev, not recipe.quantized):
             outputs = compute_outputs(model, lambda: self.data.train_eval_batches(self.eval_batch_size))
+        events.report(what, recipe.epochs, recipe.epochs, time.perf_counter() - start)
         return ProxyRun(correct.cpu(), losses.cpu(), Outputs(outputs.logits.cpu(), outputs.features.cpu()),
                         recipe.epochs * n, time.perf_counter() - start, cached=False, key=key)
