@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import TINY, write_suite
 from PIL import Image
@@ -227,3 +229,86 @@ def test_clear_pattern_that_matches_nothing(finished: tuple) -> None:
     one_line_exit_2(run("run", str(suite), "--results", str(results), "--clear", "*/nosuch/*"),
                     "--clear */nosuch/*: matches no stored cell")
 
+
+
+# ------------------------------------------------------------------ issue 14: every case a probe found
+
+
+def suite_text(tmp_path: Path, text: str | bytes, name: str = "s.yaml") -> Path:
+    """A suite written as text: what duplicate keys and odd bytes need (yaml.safe_dump cannot)."""
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+TINY_YAML = yaml.safe_dump({k: v for k, v in TINY.items() if k != "grid"})
+GRID = ("grid:\n  dataset: {name: synthetic, params: {n_train: 256, n_test: 128, num_classes: 4}}\n"
+        "  model: resnet8\n  bits: ['2/32']\n  method: [random]\n  seed: [0]\n")
+
+
+@pytest.mark.parametrize("text, needle", [
+    (TINY_YAML + GRID + "  fraction: [0.1]\n  fraction: [0.3]\n", "line 8: key 'fraction' appears twice"),
+    (TINY_YAML + GRID + "  fraction: [true]\n", "grid.fraction[0]: expected a number, got true"),
+    (TINY_YAML.replace("epochs: 4", "epochs: true") + GRID + "  fraction: [0.1]\n",
+     "train.epochs: expected a whole number, got true"),
+    (TINY_YAML.replace("epochs: 4", "epochs: 1e20") + GRID + "  fraction: [0.1]\n",
+     "train.epochs: input should be less than or equal to 100000"),
+    (TINY_YAML + GRID.replace("'2/32'", "'２/32'") + "  fraction: [0.1]\n",
+     "grid.bits[0]: expected W/A with ASCII digits, e.g. 2/32, got '２/32'"),
+    (TINY_YAML + "device: tpu\n" + GRID + "  fraction: [0.1]\n",
+     "device: expected cpu, cuda, cuda:N or auto, got 'tpu'"),
+    (TINY_YAML + GRID.replace("[random]", "[{name: random, selector: acs}]") + "  fraction: [0.1]\n",
+     "grid.method[0].name: 'random' is the name of the built-in method random (selector 'random'); "
+     "give this variant of selector 'acs' its own name"),
+    (TINY_YAML + GRID.replace("[random]", "[{name: acs, params: {every: x}}]") + "  fraction: [0.1]\n",
+     "grid.method[0].params: every must be a whole number of epochs >= 1, got 'x'"),
+    (TINY_YAML + GRID.replace("[random]", "[ACS]") + "  fraction: [0.1]\n",
+     "grid.method[0]: unknown method 'ACS'; did you mean 'acs'?"),
+    ((TINY_YAML + GRID + "  fraction: [0.1]\n").encode() + b"# caf\xe9 (Latin-1)\n",
+     "s.yaml: not UTF-8 text (byte 0xe9 at position"),
+])
+def test_suite_mistakes_a_probe_found_are_one_line_exit_2(tmp_path: Path, text: str | bytes, needle: str) -> None:
+    path, results = suite_text(tmp_path, text), tmp_path / "r"
+    one_line_exit_2(run("validate", str(path)), needle)
+    one_line_exit_2(run("run", str(path), "--results", str(results)), needle)
+    assert not results.exists()
+
+
+def test_unreadable_includes_and_folders_for_files(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    (tmp_path / "folder.yaml").mkdir()
+    for inc, needle in (("latin1.yaml", "latin1.yaml: include: not UTF-8 text"),
+                        ("folder.yaml", "folder.yaml: include: a folder, not a suite file")):
+        one_line_exit_2(run("validate", str(suite_text(tmp_path, f"include: {inc}\n", "top.yaml"))), needle)
+    one_line_exit_2(run("validate", str(tmp_path / "folder.yaml")), "folder.yaml: a folder, not a suite file")
+
+
+def test_options_a_probe_found(tmp_path: Path, finished: tuple) -> None:
+    suite, results, _ = finished
+    one_line_exit_2(run("run", str(suite), "--results", str(results), "--device", "tpu"),
+                    "--device: expected cpu, cuda, cuda:N or auto, got 'tpu'")
+    for bad in ("nan", "inf"):
+        one_line_exit_2(run("run", str(suite), "--results", str(results), "--claim-timeout", bad),
+                        f"--claim-timeout: claim timeout must be a finite number of seconds > 0, got {bad}")
+    one_line_exit_2(run("table", "--results", str(results), "--out", str(results.parent / "t"), "--vs", "randon"),
+                    "--vs randon: no method 'randon' in these runs; did you mean 'random'?")
+    assert not (results.parent / "t").exists()
+    out = run("validate", str(suite), "--set", "grid.method[0]=random")  # list items can be set
+    assert out.exit_code == 0 and "has 1 cells" in out.output, out.output
+    one_line_exit_2(run("validate", str(suite), "--set", "grid.method[5]=acs"),
+                    "--set grid.method[5]=acs: grid.method has 2 entries (indexes 0..1)")
+
+
+def test_a_huge_grid_is_refused_before_it_is_built_unless_allowed(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = write_suite(tmp_path / "s.yaml", fraction=[round(0.001 * i, 3) for i in range(1, 1000)],
+                        seed=list(range(800)))  # 3 methods x 999 fractions x 800 seeds
+    start = time.perf_counter()
+    one_line_exit_2(run("validate", str(suite)), "grid: 2,397,600 combinations, more than the limit of 100,000 "
+                                                 "(split the suite, or raise the limit: QCORE_MAX_CELLS=2397600)")
+    assert time.perf_counter() - start < 5
+    monkeypatch.setenv("QCORE_MAX_CELLS", "2")
+    one_line_exit_2(run("validate", str(write_suite(tmp_path / "s.yaml"))), "grid: 3 combinations, more than the "
+                                                                            "limit of 2")
+    monkeypatch.setenv("QCORE_MAX_CELLS", "3")
+    assert run("validate", str(write_suite(tmp_path / "s.yaml"))).exit_code == 0
