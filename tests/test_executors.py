@@ -390,17 +390,24 @@ def test_local_slots_get_their_own_gpu_or_none(monkeypatch: pytest.MonkeyPatch) 
         LocalExecutor(gpus="0").slot_envs("cpu")
 
 
-def test_ctrl_c_stops_the_pool_cleanly_and_every_cell_resumes(tmp_path: Path, straight: dict) -> None:
+@pytest.mark.parametrize("sig, executor", [
+    (signal.SIGINT, ["--executor", "local", "--slots", "2"]),
+    (signal.SIGTERM, ["--executor", "local", "--slots", "2"]),  # what timeout, SLURM and containers send
+    (signal.SIGTERM, ["--executor", "inline"]),
+])
+def test_ctrl_c_or_sigterm_stops_the_run_cleanly_and_every_cell_resumes(tmp_path: Path, straight: dict,
+                                                                         sig: signal.Signals,
+                                                                         executor: list[str]) -> None:
     suite, results = scale_suite(tmp_path / "s.yaml"), tmp_path / "r"
     env = env_for(tmp_path / "cache")
-    proc = subprocess.Popen(run_cmd(suite, results, "--executor", "local", "--slots", "2"), env=env,
+    proc = subprocess.Popen(run_cmd(suite, results, *executor), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if any(n >= 1 for n in epochs_done(results).values()):  # a cell mid-way
             break
         time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the same command again to resume" in err

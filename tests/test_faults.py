@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -82,3 +83,60 @@ def test_a_stale_lock_of_another_host_says_what_it_waits_for_and_when_it_is_take
     assert waiting[0].startswith(f"waiting for node-17:4242 (slurm:99_3), heartbeat 0s ago to build {lock.parent}")
     assert "; taken over at " in waiting[0] and "(in 2s) if its heartbeat stops" in waiting[0]
     assert f"taking over {lock}: no heartbeat for" in caplog.text
+
+
+def test_a_cell_folder_that_cannot_be_written_fails_that_cell_only(tmp_path: Path) -> None:
+    suite, results = write_suite(tmp_path / "s.yaml", method=["full", "random"]), tmp_path / "r"
+    full, rand = expand(load_suite(suite))
+    (results / "runs").mkdir(parents=True)
+    (results / "runs" / rand.id).write_text("not a folder")  # what a full quota or a bad mount looks like, as root
+    out = run("run", str(suite), "--results", str(results))
+    block = failed_cells(out)
+    assert "1 of 2 cells failed" in out.output and f"{rand.id}: " in block and "claim.json" in block
+    assert Store(results).is_done(full.id)
+
+
+def test_a_results_folder_that_cannot_be_written_is_one_line_exit_2(tmp_path: Path) -> None:
+    suite, results = write_suite(tmp_path / "s.yaml", method=["random"]), tmp_path / "r"
+    results.write_text("a file where the results folder should be")
+    out = run("run", str(suite), "--results", str(results))
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert out.output.startswith(f"error: --results {results}: cannot write there (")
+
+
+def test_cells_running_elsewhere_exit_75_so_a_script_knows_work_is_left(tmp_path: Path) -> None:
+    suite, results = write_suite(tmp_path / "s.yaml", method=["full", "random"]), tmp_path / "r"
+    full, rand = expand(load_suite(suite))
+    (results / "runs" / rand.id).mkdir(parents=True)
+    now = time.time()
+    (results / "runs" / rand.id / "claim.json").write_text(json.dumps(
+        {"host": "node-17", "pid": 4242, "owner": "node-17:4242", "token": uuid.uuid4().hex, "started": now,
+         "heartbeat": now}))
+    out = run("run", str(suite), "--results", str(results))
+    assert out.exit_code == 75, out.output
+    assert "1 running elsewhere" in out.output and "exit status 75" in out.output
+    assert Store(results).is_done(full.id)
+    assert "75 some cells are being run by other processes" in " ".join(run("run", "--help").output.split())
+
+
+SAVE_THEN_TERM = """
+import os, signal, sys
+import matplotlib.figure
+real = matplotlib.figure.Figure.savefig
+def savefig(self, f, **kw):  # SIGTERM arrives while the first plot is half written
+    f.write(b"half a png")
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, f, **kw)
+matplotlib.figure.Figure.savefig = savefig
+from qcore_bench.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_table_leaves_no_hidden_temp_files(tmp_path: Path) -> None:
+    suite, results = write_suite(tmp_path / "s.yaml", method=["random"]), tmp_path / "r"
+    assert run("run", str(suite), "--results", str(results)).exit_code == 0
+    out = subprocess.run([sys.executable, "-c", SAVE_THEN_TERM, "table", "--results", str(results), "--out",
+                          str(tmp_path / "t")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 130, out.stderr
+    assert sorted(p.name for p in (tmp_path / "t").iterdir() if p.name.startswith(".")) == []
