@@ -7,7 +7,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .suite import Cell
+from .cells import Cell
 
 
 def cell_label(cell: Cell) -> str:

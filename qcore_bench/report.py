@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from .files import atomic_write
-from .suite import spec_label
+from .schema import spec_label
 
 GROUP = ["dataset", "model", "bits", "noise", "budget"]
 METRICS = {"final": "final_acc", "best": "best_acc_over_epochs"}
