@@ -37,6 +37,7 @@ from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
 from .budget import TRAIN_UNITS, plan_epochs, train_units
+from .paths import resolve_root
 from .provenance import pinned_threads, provenance
 from .proxy import ProxyTrainer
 from .selection import Outputs, SelectionContext, compute_outputs, validate_selection
@@ -83,7 +84,7 @@ def resolve_device(name: str) -> torch.device:
 @functools.lru_cache(maxsize=4)
 def _load_data(spec_json: str, root: str | None, cache_dir: Path) -> ImageData | FileData:
     spec = DatasetSpec.model_validate_json(spec_json)
-    return registry("datasets").get(spec.name)(root, cache_dir, **spec.params)
+    return registry("datasets").get(spec.name)(resolve_root(root), cache_dir, **spec.params)
 
 
 def load_data(spec: DatasetSpec, cache_dir: Path) -> ImageData | FileData:
