@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .suite import Cell
+from .cells import Cell
 
 # the numbers every table, plot and fair report reads from a result
 RESULT_NUMBERS = ("final_acc", "best_acc_over_epochs", "epochs", "selection_seconds", "train_seconds",

@@ -26,7 +26,8 @@ from scipy import stats
 
 from .data.catalog import display_name
 from .files import atomic_write
-from .suite import Cell, spec_label
+from .cells import Cell
+from .schema import spec_label
 
 log = logging.getLogger(__name__)
 GROUP = ["dataset", "model", "bits", "noise", "budget", "recipe"]

@@ -28,10 +28,10 @@ from typing import Any, Iterator
 
 import torch
 
+from .cells import Cell
 from .claims import Claim, claim_timeout, describe, read_claim, remove_stale, stale_reason
 from .files import atomic_write, write_json
 from .integrity import cell_json_problem, history_problem, result_problem
-from .suite import Cell
 
 log = logging.getLogger(__name__)
 
