@@ -78,7 +78,7 @@ def read_claim(path: Path) -> dict[str, Any] | None:
     """The holder record of a claim file; None when absent, empty (being created) or unreadable."""
     try:
         text = path.read_text()
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     try:
         info = json.loads(text)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .recipes import Recipe, Strict
+from .recipes import MAX_EPOCHS, NUMBER, WHOLE, Recipe, Strict
 from .wandb_log import WandbCfg
 
 
@@ -39,8 +39,8 @@ class KD(Strict):
     """
 
     enabled: bool = False
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    hard_weight: Annotated[float, Field(ge=0)] = 0.0
+    temperature: Annotated[float, NUMBER, Field(gt=0)] = 1.0
+    hard_weight: Annotated[float, NUMBER, Field(ge=0)] = 0.0
     teacher: ModelSpec | None = None
     weights: str | None = None
 
@@ -60,8 +60,8 @@ class Teacher(Recipe):
     torch hub cache or at ``weights`` (a path: not part of the cell id).
     """
 
-    epochs: Annotated[int, Field(gt=0)] = 30
-    lr: Annotated[float, Field(gt=0)] = 0.1
+    epochs: Annotated[int, WHOLE, Field(gt=0, le=MAX_EPOCHS)] = 30
+    lr: Annotated[float, NUMBER, Field(gt=0)] = 0.1
     pretrained: bool = False
     weights: str | None = None
 
@@ -108,7 +108,7 @@ class DatasetSpec(Strict):
 
 class NoiseSpec(Strict):
     kind: Literal["none", "symmetric"] = "symmetric"
-    rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    rate: Annotated[float, NUMBER, Field(ge=0, lt=1)] = 0.0
 
     @model_validator(mode="before")
     @classmethod
@@ -153,10 +153,10 @@ class Grid(Strict):
     dataset: Annotated[list[DatasetSpec], Field(min_length=1)]
     model: Annotated[list[ModelSpec], Field(min_length=1)]
     bits: Annotated[list[str], Field(min_length=1)]
-    fraction: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
+    fraction: Annotated[list[Annotated[float, NUMBER, Field(gt=0, le=1)]], Field(min_length=1)]
     noise: Annotated[list[NoiseSpec], Field(min_length=1)] = [NoiseSpec(kind="none")]
     method: Annotated[list[MethodSpec], Field(min_length=1)]
-    seed: Annotated[list[int], Field(min_length=1)] = [0]
+    seed: Annotated[list[Annotated[int, WHOLE]], Field(min_length=1)] = [0]
 
     @field_validator("*", mode="before")
     @classmethod
@@ -196,10 +196,23 @@ class Suite(Strict):
     grid: Grid
     # runtime settings: they do not change results and are not part of a cell's id
     device: str = "auto"
-    eval_batch_size: Annotated[int, Field(gt=0)] = 1024
-    cpu_threads: Annotated[int, Field(gt=0)] = 1  # a CPU cell's torch threads: fixed, so results reproduce
+    eval_batch_size: Annotated[int, WHOLE, Field(gt=0)] = 1024
+    cpu_threads: Annotated[int, WHOLE, Field(gt=0)] = 1  # a CPU cell's torch threads: fixed, so results reproduce
     wandb: WandbCfg = WandbCfg()
     slurm: SlurmCfg = SlurmCfg()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+
+def check_device(name: str) -> str:
+    """cpu, cuda, cuda:N or auto: what every executor can place a cell on (else ValueError, before anything runs)."""
+    kind, _, index = str(name).partition(":")
+    if name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isascii() and index.isdigit()):
+        return name
+    raise ValueError(f"expected cpu, cuda, cuda:N or auto, got '{name}'")
 
 
 def parse_bits(text: str) -> tuple[int, int]:
@@ -209,6 +222,8 @@ def parse_bits(text: str) -> tuple[int, int]:
     parts = str(text).split("/")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"expected bits written W/A such as '2/32' or '4/4', got '{text}'")
+    if not str(text).isascii():  # int() reads other scripts' digits: '２/32' would pass as 2/32
+        raise ValueError(f"expected W/A with ASCII digits, e.g. 2/32, got '{text}'")
     w, a = (int(p) for p in parts)
     for kind, b in (("weight", w), ("activation", a)):
         if not bits_supported(b):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
@@ -26,12 +29,49 @@ __all__ = ["Cell", "DatasetSpec", "ModelSpec", "Suite", "SuiteError", "apply_ove
 
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key '{key}' appears twice (first on line {first}); keep one")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML whose mappings refuse a key given twice: PyYAML silently keeps the last one, so a
+    suite could run another fraction than the one its reader sees first."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key, line = loader.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+        try:
+            first = seen.setdefault(key, line)
+        except TypeError:  # an unhashable key: the constructor reports it
+            continue
+        if first != line:
+            raise _DuplicateKey(key, line, first)
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(path: Path, key: str = "") -> dict[str, Any]:
     where = f"{path}: {key}: " if key else f"{path}: "
+    if path.is_dir():
+        raise SuiteError(f"{where}a folder, not a suite file")
     if not path.is_file():
         raise SuiteError(f"{where}file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{where}not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+                         "save it as UTF-8") from None
+    except OSError as exc:
+        raise SuiteError(f"{where}cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as exc:
+        raise SuiteError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark else ""
@@ -62,27 +102,48 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(parent, data)
 
 
-def _parse_set(item: str) -> tuple[list[str], Any]:
+_STEP = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
+
+
+def _parse_set(item: str) -> tuple[list[str | int], Any]:
+    """'grid.method[0]=acs' -> (['grid', 'method', 0], 'acs'): keys, and indexes into lists."""
     if "=" not in item:
         raise SuiteError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=3")
     key, value = item.split("=", 1)
+    steps: list[str | int] = []
+    for part in key.strip().split("."):
+        m = _STEP.match(part)
+        if m is None:
+            raise SuiteError(f"--set {item}: '{part}' is not a key: write KEY.SUBKEY or KEY[INDEX], "
+                             "e.g. grid.method[0]=acs")
+        steps += [m.group(1), *(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))]
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         parsed = value
-    return key.strip().split("."), parsed
+    return steps, parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(raw)
     for item in overrides:
-        keys, value = _parse_set(item)
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise SuiteError(f"--set {item}: '{k}' is not a mapping")
-        node[keys[-1]] = value
+        steps, value = _parse_set(item)
+        node: Any = out
+        for i, step in enumerate(steps):
+            where = _path(tuple(steps[:i]))
+            if isinstance(step, int):
+                if not isinstance(node, list) or step >= len(node):
+                    n = len(node) if isinstance(node, list) else 1
+                    raise SuiteError(f"--set {item}: {where} has {n} entries (indexes 0..{n - 1})")
+            elif not isinstance(node, dict):
+                raise SuiteError(f"--set {item}: '{where}' is not a mapping")
+            if i == len(steps) - 1:
+                node[step] = value
+            elif isinstance(step, str) and isinstance(steps[i + 1], int):
+                node[step] = listify(node.get(step, []))  # 'method: acs' is a list of one
+                node = node[step]
+            else:
+                node = node.setdefault(step, {}) if isinstance(step, str) else node[step]
     return out
 
 
@@ -151,11 +212,18 @@ def _check_names(suite: Suite, file: str) -> None:
             if parse_bits(bits)[1] != 32:
                 raise SuiteError(f"{file}: grid.bits[{i}]: policy 'weight_only_blocks' keeps activations full "
                                  f"precision: write W/32, got '{bits}'")
-    names = [m.name for m in g.method]
+    names, known = [m.name for m in g.method], presets(file)
     for i, m in enumerate(g.method):
         key = f"{file}: grid.method[{i}]"
         if names.count(m.name) > 1:
             raise SuiteError(f"{key}.name: method name '{m.name}' appears twice; give each variant its own name")
+        taken = (known[m.name].selector if m.name in known
+                 else m.name if m.name in registry("selectors") else m.selector)
+        if taken != m.selector:  # else its rows, and the Δ reference 'random', would be another selector's
+            what = (f"the {'built-in method' if known[m.name].source == 'built-in' else 'method preset'} {m.name}"
+                    if m.name in known else "a selector")
+            raise SuiteError(f"{key}.name: '{m.name}' is the name of {what} (selector '{taken}'); give this "
+                             f"variant of selector '{m.selector}' its own name")
         try:
             cls = registry("selectors").get(m.selector)
         except UnknownNameError as exc:
@@ -203,5 +271,22 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
         raise SuiteError(_error_line(str(path), exc.errors()[0])) from None
+    _check_size(suite, str(path))
     _check_names(suite, str(path))
     return suite
+
+
+MAX_CELLS_ENV, MAX_CELLS = "QCORE_MAX_CELLS", 100_000
+
+
+def _check_size(suite: Suite, file: str) -> None:
+    """A grid too large to be meant (700k cells took minutes and gigabytes to expand) is refused before
+    any cell is built; $QCORE_MAX_CELLS raises the limit for a sweep that is."""
+    raw = os.environ.get(MAX_CELLS_ENV, "")
+    if raw and not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise SuiteError(f"${MAX_CELLS_ENV}={raw!r}: expected a whole number of cells > 0")
+    limit, g = int(raw) if raw else MAX_CELLS, suite.grid
+    size = math.prod(len(axis) for axis in (g.dataset, g.model, g.bits, g.noise, g.method, g.fraction, g.seed))
+    if size > limit:
+        raise SuiteError(f"{file}: grid: {size:,} combinations, more than the limit of {limit:,} (split the suite, "
+                         f"or raise the limit: {MAX_CELLS_ENV}={size})")

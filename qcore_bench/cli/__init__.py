@@ -8,6 +8,9 @@ One module per command group: ``run`` (run, run-cell), ``plan`` (validate, plan,
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from typing import Any
 
 import click
 
@@ -17,7 +20,28 @@ from .report import plot, sync, table
 from .run import run, run_cell_cmd
 
 
-@click.group()
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+class _Commands(click.Group):
+    """Every command: SIGTERM (timeout, SLURM, container runtimes) is handled as Ctrl-C, so cells are
+    marked interrupted, claims released and temp files removed; an interrupted command exits 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if main_thread else None
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        finally:  # in-process callers (tests) get their handler back
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="qcore-bench")
 def main() -> None:
     """Coreset selection for quantization-aware training, benchmarked."""

@@ -26,6 +26,7 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
     """One line per cell of SUITE with its status in the results folder.
 
     pending, running (with its holder), interrupted (resumes), failed (with the reason),
+    damaged (a result whose folder does not verify, with the file: `run` finishes it again),
     done; then the stored cells of this suite that it no longer contains.
     """
     from ..claims import describe
@@ -41,6 +42,8 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
             note = f"  ({store.read_status(c.id).get('reason', '?')})"
         elif status == "running":
             note = f"  ({describe(store.holder(c.id) or {})})"
+        elif status == "damaged":
+            note = f" ({store.damage(c.id)})"
         click.echo(f"{c.id}  {c.dataset.label:9} {c.model_label:9} {c.bits:5} {c.fraction:<8g} {c.noise.label:14} "
                    f"{c.method.name:13} {c.seed:<4} {status}{note}")
     ids = {c.id for c in cells}

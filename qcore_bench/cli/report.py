@@ -78,6 +78,11 @@ def table(results: str, out: str, suite_name: str | None, metric: str, formats: 
     if bad:
         fail(f"--format: unknown format '{bad[0]}'; expected md, tex or csv")
     df = _frame(results, suite_name, from_wandb, both_modes=fair)
+    given = click.get_current_context().get_parameter_source("vs") is click.core.ParameterSource.COMMANDLINE
+    if given and vs not in set(df["method"]):  # else the Δ tables would silently be left out
+        from ..registry import did_you_mean
+
+        fail(f"--vs {vs}: no method '{vs}' in these runs{did_you_mean(vs, list(df['method']))}")
     click.echo(render(summarize(df, metric, vs), metric, vs, extras)["md"])
     if fair:
         click.echo(fair_report(df, vs))

@@ -9,8 +9,10 @@ from typing import Any
 
 import click
 
+from ..claims import describe
 from ..registry import registry
 from ..suite import Cell
+from ..wandb_log import session as wandb_session
 from .common import RESULTS, cache_dir, claim_timeout_arg, fail, stored_label, suite_cells
 
 # run's executor options: (executor parameter, flag); an option the chosen executor does not take is an error
@@ -107,12 +109,15 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
 
     Several `run` processes (or machines sharing the results folder) may work on one suite
     at once: each cell is claimed by exactly one of them. Exit status: 0 all done (or
-    handed to SLURM), 1 some cells failed, 2 bad input, 130 interrupted (rerun to resume).
+    handed to SLURM), 1 some cells failed, 2 bad input, 75 some cells are being run by
+    other processes (not waited for: run again, or `plan`, once they finish), 130
+    interrupted (rerun to resume); SIGTERM counts as Ctrl-C.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         fail("under torchrun, run one cell: torchrun --nproc_per_node=G -m qcore_bench run-cell CELL_ID "
               "--suite SUITE (`qcore-bench plan SUITE` lists the ids)")
     spec, cells = suite_cells(suite, overrides + (("wandb.enabled=true",) if use_wandb else ()), only)
+    _check_device(device)
     executor = _executor(executor_name, {
         "gpus": gpus, "per_gpu": per_gpu, "slots": slots, "partition": partition, "time": time_min,
         "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
@@ -120,41 +125,80 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
     from ..executors import ExecutorError, Job  # heavy imports only once the input is known to be valid
     from ..store import Store
 
+    _check_writable(results)
     store = Store(results, claim_timeout_arg(claim_timeout))
     if clear:
         _clear(store, clear, cells)
     status = {c.id: store.status(c.id) for c in cells}
     skipped_failed = [c.id for c in cells if status[c.id] == "failed" and not retry_failed]
-    running = [c.id for c in cells if status[c.id] == "running"]
-    pending = [c for c in cells if status[c.id] in ("pending", "interrupted", "unreadable")
+    running = {c.id: describe(store.holder(c.id) or {}) for c in cells if status[c.id] == "running"}
+    pending = [c for c in cells if status[c.id] in ("pending", "interrupted", "damaged")
                or (status[c.id] == "failed" and retry_failed)]
     n_done = sum(s == "done" for s in status.values())
     extra = (f", {len(skipped_failed)} failed (skipped: --retry-failed runs them)" if skipped_failed else "") + \
             (f", {len(running)} running elsewhere" if running else "")
     click.echo(f"{spec.name}: {len(cells)} cells, {n_done} done, {len(pending)} to run{extra}", err=True)
-    for cid in (c for c in status if status[c] == "unreadable"):
-        click.echo(f"warning: {store.dir(cid) / 'result.json'} is unreadable; the cell is finished again", err=True)
+    for cid in (c for c in status if status[c] == "damaged"):
+        click.echo(f"warning: {store.dir(cid)}: {store.damage(cid)}; the cell is finished again", err=True)
     summary = None
     if pending:
         job = Job(store, device or spec.device, cache_dir(), spec.eval_batch_size, spec,
                   cpu_threads=cpu_threads or spec.cpu_threads)
+        if job.wandb is not None and job.wandb.enabled:
+            wandb_session()  # one W&B session for this run and the cell processes it starts
         try:
             summary = executor.run(pending, job)
         except ExecutorError as exc:
             fail(f"--executor {executor_name}: {exc}")
-    _report_run(store, pending, summary, skipped_failed)
+    _report_run(store, pending, summary, skipped_failed, running)
 
 
-def _report_run(store: Any, pending: list[Cell], summary: Any, skipped_failed: list[str]) -> None:
+def _check_device(device: str | None) -> None:
+    from ..schema import check_device
+
+    if device is not None:
+        try:
+            check_device(device)
+        except ValueError as exc:
+            fail(f"--device: {exc}")
+
+
+def _check_writable(results: str) -> None:
+    """A results folder this process cannot write is one line before anything runs (not a traceback)."""
+    import tempfile
+    from pathlib import Path
+
+    runs = Path(results) / "runs"
+    try:
+        if Path(results).exists() and not Path(results).is_dir():
+            raise NotADirectoryError(0, "a file, not a folder")
+        runs.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=runs, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        fail(f"--results {results}: cannot write there ({exc.strerror or exc})")
+
+
+def _report_run(store: Any, pending: list[Cell], summary: Any, skipped_failed: list[str],
+                running: dict[str, str]) -> None:
     """The end-of-run summary on stderr, and the exit status."""
+    from ..executors import EXIT_ELSEWHERE
+    from ..wandb_log import summary_line
+
     def where(cid: str) -> str:
         return f"(see {store.dir(cid) / 'error.txt'})"
 
     if summary is not None and summary.note:
         click.echo(summary.note, err=True)
-    if summary is not None and summary.elsewhere:
-        click.echo(f"{len(summary.elsewhere)} cells are being run by other processes (not waited for):", err=True)
-        for cid, who in summary.elsewhere.items():
+    wandb_note = summary_line(store.root) if summary is not None else None
+    if wandb_note:
+        click.echo(wandb_note, err=True)
+    elsewhere = {**running, **(summary.elsewhere if summary is not None else {})}
+    if elsewhere:
+        click.echo(f"{len(elsewhere)} cells are being run by other processes (not waited for; exit status "
+                   f"{EXIT_ELSEWHERE}: run again, or `qcore-bench plan`, once they finish):", err=True)
+        for cid, who in elsewhere.items():
             click.echo(f"  {cid}: {who}", err=True)
     if summary is not None and summary.failed:
         click.echo(f"{len(summary.failed)} of {len(pending)} cells failed:", err=True)
@@ -171,6 +215,8 @@ def _report_run(store: Any, pending: list[Cell], summary: Any, skipped_failed: l
         sys.exit(130)
     if skipped_failed or (summary is not None and summary.failed):
         sys.exit(1)
+    if elsewhere:
+        sys.exit(EXIT_ELSEWHERE)
 
 
 @click.command("run-cell")
@@ -203,6 +249,7 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
 
     from ..store import Store, StoreError, read_json
 
+    _check_device(device)
     store, spec, payload = Store(results, claim_timeout_arg(claim_timeout)), None, {}
     if config is not None:
         source = "--config"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..runner import EpochCallback, Runtime, resolve_device, run_cell
 from ..store import Store
 from ..cells import Cell
 
+log = logging.getLogger(__name__)
 EXIT_DONE, EXIT_FAILED, EXIT_ELSEWHERE, EXIT_INTERRUPTED = 0, 1, 75, 130
 
 
@@ -97,7 +99,7 @@ def run_one(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | Non
     others (rank 0 then records the cell as interrupted, resumable).
     """
     main = distributed.is_main()
-    early = distributed.broadcast_object(_claim(cell, store, owner) if main else None)
+    early = distributed.broadcast_object(_claim_or_fail(cell, store, owner) if main else None)
     if early is not None:
         return early
     try:
@@ -111,12 +113,31 @@ def run_one(cell: Cell, store: Store, rt: Runtime, on_epoch: EpochCallback | Non
     except Exception as exc:  # one broken cell must not lose the others
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         if main:
-            store.fail(cell.id, reason, traceback.format_exc())
+            record_failure(store, cell.id, reason, traceback.format_exc())
         else:
             traceback.print_exc()
         return Outcome("failed", reason)
     finally:
         store.release(cell.id)
+
+
+def _claim_or_fail(cell: Cell, store: Store, owner: str | None) -> Outcome | None:
+    """``_claim``; a cell folder that cannot be written fails this cell, not the command."""
+    try:
+        return _claim(cell, store, owner)
+    except OSError as exc:
+        reason = f"cell folder {store.dir(cell.id)} cannot be written ({type(exc).__name__}: {exc.strerror or exc})"
+        record_failure(store, cell.id, reason, traceback.format_exc())
+        return Outcome("failed", reason)
+
+
+def record_failure(store: Store, cell_id: str, reason: str, traceback_text: str) -> None:
+    """Mark the cell failed; when its folder cannot take even that, the summary still names it."""
+    try:
+        store.fail(cell_id, reason, traceback_text)
+    except OSError as exc:
+        log.warning("cell %s failed (%s), and that could not be recorded in %s: %s", cell_id, reason,
+                    store.dir(cell_id), exc)
 
 
 class Executor:

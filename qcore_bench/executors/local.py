@@ -16,7 +16,7 @@ from ..loggers import ConsoleProgress
 from ..store import Store
 from ..cells import Cell
 from .base import (EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_INTERRUPTED, Executor, ExecutorError, Job, Outcome,
-                   Summary, record, total_epochs)
+                   Summary, record, record_failure, total_epochs)
 
 
 def _signal_name(rc: int) -> str:
@@ -124,7 +124,15 @@ class LocalExecutor(Executor):
                             continue
                         slot = free.pop(0)
                         started += 1
-                        running[slot] = self._launch(cell, started, job, envs[slot])
+                        try:
+                            running[slot] = self._launch(cell, started, job, envs[slot])
+                        except OSError as exc:  # its folder cannot be written: that cell fails, the pool goes on
+                            free.append(slot)
+                            reason = (f"cell folder {store.dir(cell.id)} cannot be written "
+                                      f"({type(exc).__name__}: {exc.strerror or exc})")
+                            record_failure(store, cell.id, reason, reason + "\n")
+                            record(summary, progress, started, cell, Outcome("failed", reason), 0.0)
+                            continue
                         progress.start_cell(started, cell)
                     time.sleep(0.2)
                     for slot, child in list(running.items()):
@@ -191,7 +199,7 @@ class LocalExecutor(Executor):
                 store.break_claim(cid, child.proc.pid)
                 log = store.dir(cid) / "log.txt"
                 tail = log.read_text(errors="replace").splitlines()[-40:] if log.is_file() else []
-                store.fail(cid, reason, f"{reason}\n\nlast lines of {log}:\n" + "\n".join(tail) + "\n")
+                record_failure(store, cid, reason, f"{reason}\n\nlast lines of {log}:\n" + "\n".join(tail) + "\n")
             out = Outcome("failed", reason)
         record(summary, progress, child.index, child.cell, out, seconds)
 
