@@ -165,7 +165,8 @@ def test_two_runs_at_once_run_every_cell_exactly_once(tmp_path: Path, straight: 
     procs = [subprocess.Popen(run_cmd(suite, results), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    for p, (_, err) in zip(procs, outs):  # 75: it left cells to the other process, which it did not wait for
+        assert p.returncode == 0 or (p.returncode == 75 and "cells are being run by other processes" in err), err
     ran = [set(re.findall(r"done \d+/\d+ (\w{12}) ", err)) for _, err in outs]
     assert not ran[0] & ran[1] and ran[0] | ran[1] == set(straight.keys())
     for cid in straight:
