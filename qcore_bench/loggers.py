@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import Progress, ProgressColumn, Task, TaskID
 from rich.text import Text
 
+from .cells import Cell
 from .events import Phase, PhaseHandler
-from .suite import Cell
 
 BAR = 20
 
