@@ -312,3 +312,10 @@ def test_a_huge_grid_is_refused_before_it_is_built_unless_allowed(tmp_path: Path
                                                                             "limit of 2")
     monkeypatch.setenv("QCORE_MAX_CELLS", "3")
     assert run("validate", str(write_suite(tmp_path / "s.yaml"))).exit_code == 0
+
+
+def test_an_unknown_method_lists_every_known_name_once(tmp_path: Path) -> None:
+    out = run("validate", str(write_suite(tmp_path / "s.yaml", method=["qqqq"])))
+    one_line_exit_2(out, "grid.method[0]: unknown method 'qqqq' (known: ")
+    known = out.output.split("(known: ")[1].rstrip(")\n").split(", ")
+    assert "acs" in known and len(known) == len(set(known))  # acs is a selector and a preset: listed once
