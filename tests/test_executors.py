@@ -366,7 +366,7 @@ def test_slurm_without_submitit_says_how_to_get_it(tmp_path: Path, monkeypatch: 
     (["--executor", "local", "--gpus", "0", "--slots", "2"], "with --gpus give --per-gpu instead"),
     (["--executor", "slurm", "--sbatch", "account"], "--sbatch account: expected KEY=VALUE"),
     (["--executor", "local", "--partition", "gpu"], "--partition does not apply to --executor local"),
-    (["--claim-timeout", "0"], "--claim-timeout: claim timeout must be > 0 seconds"),
+    (["--claim-timeout", "0"], "--claim-timeout: claim timeout must be a finite number of seconds > 0"),
 ])
 def test_bad_executor_options_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     suite, results = write_suite(tmp_path / "s.yaml"), tmp_path / "r"

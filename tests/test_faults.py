@@ -25,6 +25,14 @@ from qcore_bench.teacher import OutputCache, teacher_key
 EL2N = {"name": "el2n", "params": {"proxy_epochs": 1}}  # a proxy-based selector with a cheap proxy
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of each test's own: these tests damage, lock and retrain teachers, and must not leave
+    the session's tiny teacher trained for the tests that expect to train it."""
+    monkeypatch.setenv("QCORE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def run(*args: str) -> object:
     """A command as a new process would run it: nothing kept in memory from an earlier one."""
     ProxyTrainer._memory.clear()
@@ -39,9 +47,8 @@ def failed_cells(out: object) -> str:
 
 @pytest.mark.parametrize("which", ["teachers", "proxies"])
 def test_a_corrupt_cache_file_is_named_set_aside_and_built_again_once(
-        which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        which: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
-    monkeypatch.setenv("QCORE_CACHE", str(cache))
     suite, results = write_suite(tmp_path / "s.yaml", method=["random", EL2N]), tmp_path / "r"
     assert run("run", str(suite), "--results", str(results)).exit_code == 0
     before = {r["id"]: r["result"]["final_acc"] for r in Store(results).records()}
@@ -67,7 +74,6 @@ def test_a_diverging_teacher_is_named_and_not_trained_again_for_each_cell(tmp_pa
 def test_a_stale_lock_of_another_host_says_what_it_waits_for_and_when_it_is_taken_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
-    monkeypatch.setenv("QCORE_CACHE", str(cache))
     monkeypatch.setenv("QCORE_CLAIM_TIMEOUT", "2")
     suite = write_suite(tmp_path / "s.yaml", method=["random"])
     (cell,) = expand(load_suite(suite))

@@ -125,8 +125,9 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
     from ..executors import ExecutorError, Job  # heavy imports only once the input is known to be valid
     from ..store import Store
 
+    timeout = claim_timeout_arg(claim_timeout)
     _check_writable(results)
-    store = Store(results, claim_timeout_arg(claim_timeout))
+    store = Store(results, timeout)
     if clear:
         _clear(store, clear, cells)
     status = {c.id: store.status(c.id) for c in cells}
@@ -164,16 +165,17 @@ def _check_device(device: str | None) -> None:
 
 
 def _check_writable(results: str) -> None:
-    """A results folder this process cannot write is one line before anything runs (not a traceback)."""
+    """A results folder this process cannot write is one line before anything runs (not a traceback);
+    probed with a temp file in it, or in the folder it will be created in, removed at once."""
     import tempfile
     from pathlib import Path
 
-    runs = Path(results) / "runs"
+    path = Path(results).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
     try:
-        if Path(results).exists() and not Path(results).is_dir():
-            raise NotADirectoryError(0, "a file, not a folder")
-        runs.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=runs, prefix=".write-probe.", suffix=".tmp")
+        if not existing.is_dir():
+            raise NotADirectoryError(0, "Not a directory")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
