@@ -135,8 +135,10 @@ def _closed_port() -> int:
 
 @pytest.mark.slow
 def test_an_unreachable_wandb_costs_one_init_timeout_per_sweep_not_per_cell(tmp_path: Path) -> None:
-    """Three cells in cell processes (local executor) with W&B online and unreachable: the
-    sweep takes one init timeout longer than without W&B, not three (or 3 x 90 s)."""
+    """Three cells in cell processes (local executor) with W&B online and unreachable: the sweep
+    takes one init timeout longer than the same sweep logging W&B offline, not three (or 3 x 90 s
+    before the fix). Offline logging itself costs each cell process about a second (wandb's import
+    and service), which an unreachable W&B cannot avoid if `sync` is to upload the runs later."""
     suite = write_suite(tmp_path / "s.yaml", method=["random"], fraction=[0.25, 0.5, 0.75])
     env = {**os.environ, "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", "WANDB_MODE": "online",
            "WANDB_API_KEY": "f" * 40, "OMP_NUM_THREADS": "1"}
@@ -149,11 +151,13 @@ def test_an_unreachable_wandb_costs_one_init_timeout_per_sweep_not_per_cell(tmp_
                              env=env, capture_output=True, text=True, timeout=600)
         return time.perf_counter() - start, out
 
-    assert sweep("warm")[1].returncode == 0  # the teacher, trained once for both timed sweeps
+    assert sweep("warm")[1].returncode == 0  # the teacher, trained once for the timed sweeps
     plain, _ = sweep("plain")
+    offline, _ = sweep("offline", "--wandb", "--set", "wandb.mode=offline")
     timed, out = sweep("wandb", "--wandb")
     assert out.returncode == 0, out.stderr
-    assert timed - plain < 10 + 8, (plain, timed)  # one 10 s init timeout, and offline logging
+    print(f"no W&B {plain:.1f}s, W&B offline {offline:.1f}s, W&B online and unreachable {timed:.1f}s")
+    assert timed - offline < 10 + 6, (plain, offline, timed)  # one 10 s init timeout per sweep
     tried = [d for d in (tmp_path / "wandb" / "runs").iterdir() if "W&B unreachable" in (d / "log.txt").read_text()]
     assert len(tried) == 1  # the other cell processes never tried
     assert out.stderr.count("W&B was unreachable (CommError") == 1 and "qcore-bench sync --results" in out.stderr
