@@ -77,9 +77,12 @@ class Selector:
     ``adaptive = False``: chosen once before epoch 0. ``adaptive = True``: chosen again
     every ``every`` epochs. ``uses_fraction = False`` marks selectors (``full``) that
     ignore the kept-fraction axis of a suite. ``variable_budget = True`` lets a
-    selector return fewer or more than ``ctx.budget`` samples.
+    selector return fewer or more than ``ctx.budget`` samples. ``tasks`` lists the tasks
+    (``qcore_bench.tasks``) whose outputs the selector knows how to score; a suite that
+    pairs it with another task is refused before anything runs.
     """
 
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     adaptive: ClassVar[bool] = False
     uses_fraction: ClassVar[bool] = True
     variable_budget: ClassVar[bool] = False

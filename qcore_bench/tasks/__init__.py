@@ -1,0 +1,78 @@
+"""A cell's task: what its student learns, how it is scored, and what selectors score.
+
+A task decides a cell's loss, its evaluation (the metric's name and value: top-1 for
+classification, COCO mAP for detection) and the per-sample outputs that selectors read
+(``ctx.outputs``). The task of a cell follows from its data set (a loader's ``task``
+attribute, "classification" when absent); a model declares the task it is built for in
+the same way, and a selector lists the tasks it supports in ``Selector.tasks``, so that a
+suite pairing a selector or a model with a task it does not handle is refused by
+``validate`` before anything runs.
+
+Task modules are imported on first use: a classification run never imports torchvision's
+detection code or pycocotools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from ..registry import registry
+
+if TYPE_CHECKING:
+    from ..runtime import EpochCallback, Runtime
+    from ..store import Store
+    from ..suite import Cell
+
+TASKS = {"classification": "qcore_bench.tasks.classification:Classification",
+         "detection": "qcore_bench.tasks.detection:Detection"}
+
+
+class Task(ABC):
+    """One kind of learning problem: its cell loop, loss, evaluation and per-sample outputs.
+
+    ``metric`` names the headline number (the final epoch's value of it, as stored in
+    ``result[result_key]``); tables and plots label it so.
+    """
+
+    name: ClassVar[str]
+    metric: ClassVar[str]  # e.g. "top-1 (%)", "mAP@[.5:.95] (%)"
+    result_key: ClassVar[str]  # the result's key of the final epoch's metric
+    best_key: ClassVar[str]  # ... and of its best value over epochs
+
+    @abstractmethod
+    def run(self, cell: "Cell", store: "Store", rt: "Runtime", on_epoch: "EpochCallback | None",
+            log_line: Callable[[dict[str, Any]], None] | None, env: dict[str, Any]) -> dict[str, Any]:
+        """Train (or resume) ``cell`` to its last epoch, checkpointing through ``store``; returns its result."""
+
+    @abstractmethod
+    def evaluate(self, model: Any, data: Any, batch_size: int, **kw: Any) -> dict[str, float]:
+        """The metric (and any companions) of ``model`` on the test set of ``data``."""
+
+    @abstractmethod
+    def outputs(self, model: Any, data: Any, batch_size: int, **kw: Any) -> Any:
+        """The per-sample eval-mode outputs of ``model`` on the training set that selectors score."""
+
+
+def task_name(obj: Any) -> str:
+    """The task a data-set loader or model builder is for: its ``task`` attribute, else classification."""
+    return getattr(obj, "task", "classification")
+
+
+def dataset_task(name: str) -> str:
+    """The task of a registered data set."""
+    return task_name(registry("datasets").get(name))
+
+
+def get_task(name: str) -> Task:
+    """The task object of ``name`` (imported on first use)."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+    module, attr = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
+def supports(selector_cls: Any, task: str) -> bool:
+    """Whether a selector class declares ``task`` among its ``tasks`` (classification only by default)."""
+    return task in getattr(selector_cls, "tasks", ("classification",))
