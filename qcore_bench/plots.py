@@ -4,6 +4,9 @@
 - accuracy vs label-noise rate, per kept fraction;
 - accuracy vs training cost (compute units), so methods compare at equal budget;
 - share of label-noisy samples in the selected subset over the epochs.
+
+Every figure lists the methods in one order (that of the tables) with one colour each, and
+its legend says what the dashed line, the star and the shaded band are.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from .report import GROUP, METRICS
 from .files import atomic_write
+from .report import GROUP, METRICS, method_order, title
+
+BAND = "shaded: ±1 std over seeds"
 
 
 def _slug(parts: tuple[Any, ...]) -> str:
@@ -36,21 +41,49 @@ def _line(ax: Any, x: pd.Series, mean: pd.Series, std: pd.Series, label: str, co
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
 
 
+def _legend(axes: list[Any], order: list[str], notes: list[tuple[Any, str]]) -> None:
+    """One legend right of the last axes: methods in table order, then what the marks mean."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    rank = {m: i for i, m in enumerate(order)}
+    labels = sorted(seen, key=lambda m: (rank.get(m, len(rank)), m))
+    handles = [seen[m] for m in labels] + [h for h, _ in notes]
+    axes[-1].legend(handles, labels + [t for _, t in notes], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+
+
+def _log_cost_axis(ax: Any, costs: pd.Series) -> None:
+    """Log scale with few, short labels (10k, 20k, 50k): the default minor labels overlap."""
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
+    span = costs.max() / max(costs.min(), 1)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 100 else (1.0,)))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: Path,
-             metric: str = "final") -> list[Path]:
+             metric: str = "final", vs: str = "random") -> list[Path]:
     """Write every plot the data supports; returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     if df.empty:
         return []
     col, paths = METRICS[metric], []
+    full = set(df.loc[df.full, "method"])
+    order = method_order(list(dict.fromkeys(df["method"])), full, vs)
     palette = plt.get_cmap("tab10")
-    colors = {m: palette(i % 10) for i, m in enumerate(dict.fromkeys(df["method"]))}  # one colour per method
+    colors = {m: "k" if m in full else palette(i % 10) for i, m in enumerate(order)}  # the same in every figure
+    band = (Patch(color="grey", alpha=0.2), BAND)
     label = f"{'final-epoch' if metric == 'final' else 'best-over-epochs'} test top-1 (%)"
-    stats = (df.groupby([*GROUP, "noise_rate", "method", "fraction", "full"], sort=False)
+    stats = (df.groupby([*GROUP, "dataset_display", "noise_rate", "method", "fraction", "full"], sort=False)
              .agg(mean=(col, "mean"), std=(col, "std"), cost=("cost_units", "mean")).fillna({"std": 0.0})
              .reset_index())
 
@@ -60,14 +93,17 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
             m = m.sort_values("fraction")
             _line(ax, m.fraction * 100, m["mean"], m["std"], method, colors[method])
             bx.plot(m.cost, m["mean"], marker="o", label=method, color=colors[method])
+        notes = [band]
         for method, m in g[g.full].groupby("method", sort=False):
-            ax.axhline(m["mean"].iloc[0], ls="--", color="k", label=method)
-            bx.scatter(m.cost, m["mean"], marker="*", s=120, color="k", label=method)
+            ax.axhline(m["mean"].iloc[0], ls="--", color="k")
+            bx.scatter(m.cost, m["mean"], marker="*", s=120, color="k")
+            notes = [(Line2D([], [], ls="--", color="k"), f"{method}: all samples every epoch"),
+                     (Line2D([], [], ls="", marker="*", markersize=10, color="k"), f"{method}, at its cost"), band]
         ax.set(xlabel="kept fraction per epoch (%)", ylabel=label, title="accuracy vs fraction")
-        bx.set(xlabel="total cost (sample forward passes, README cost model)", ylabel=label,
-               title="accuracy vs cost", xscale="log")
-        ax.legend(fontsize=8)
-        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(GROUP, key)), fontsize=9)
+        bx.set(xlabel="total cost (sample forward passes, README cost model)", ylabel=label, title="accuracy vs cost")
+        _log_cost_axis(bx, g.cost)
+        _legend([ax, bx], order, notes)
+        fig.suptitle(title(GROUP, g), fontsize=9)
         paths += _save(fig, out, f"fraction_{_slug(key)}")
         plt.close(fig)
 
@@ -82,8 +118,8 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
                 m = m.sort_values("noise_rate")
                 _line(ax, m.noise_rate * 100, m["mean"], m["std"], method, colors[method])
             ax.set(xlabel="label noise (%)", ylabel=label, title=f"kept {f:.0%}")
-            ax.legend(fontsize=8)
-        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(by_noise, key)), fontsize=9)
+        _legend(list(axes[0]), order, [band])
+        fig.suptitle(title(by_noise, g), fontsize=9)
         paths += _save(fig, out, f"noise_{_slug(key)}")
         plt.close(fig)
 
@@ -101,10 +137,11 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
                     curve[last + 1] = curve.iloc[-1]  # a subset is trained on until the next selection
                     ax.step(curve.index, curve * 100, where="post", label=method, color=colors[method])
                     ax.plot(curve.index[:-1], curve.iloc[:-1] * 100, "o", color=colors[method])
-            ax.axhline(g["noise_rate"].iloc[0] * 100, ls=":", color="k", label="noise in the training set")
+            ax.axhline(g["noise_rate"].iloc[0] * 100, ls=":", color="k")
             ax.set(xlabel="epoch (selection points)", ylabel="noisy samples in the subset (%)", title=f"kept {f:.0%}")
-            ax.legend(fontsize=8)
-        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(GROUP, key)), fontsize=9)
+        _legend(list(axes[0]), order, [(Line2D([], [], ls=":", color="k"), "noise in the training set"),
+                                            (Line2D([], [], ls="", marker="o", color="grey"), "a selection")])
+        fig.suptitle(title(GROUP, g), fontsize=9)
         paths += _save(fig, out, f"noisy_{_slug(key)}")
         plt.close(fig)
     return paths

@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .data.catalog import display_name
 from .files import atomic_write
 from .suite import spec_label
 
 GROUP = ["dataset", "model", "bits", "noise", "budget"]
+MIN_CI_SEEDS = 3  # fewer differences give no interval worth printing
 METRICS = {"final": "final_acc", "best": "best_acc_over_epochs"}
 METRIC_TITLE = {"final": "Final-epoch test top-1 (%)",
                 "best": "BEST-over-epochs test top-1 (%) (test-set model selection: optimistic)"}
@@ -45,6 +47,8 @@ def frame(records: Iterable[dict[str, Any]], suite: str | None = None) -> pd.Dat
         units = res.get("cost_units", {})
         rows.append({
             "id": r["id"], "suite": c["suite"], "dataset": spec_label(c["dataset"]["name"], c["dataset"].get("params", {})),
+            "dataset_display": display_name(c["dataset"]["name"], c["dataset"].get("params", {}),
+                                            c["dataset"].get("root"), c["dataset"].get("display")),
             "model": spec_label(c["model"], c.get("model_params", {})),
             "bits": f"{c['w_bits']}/{c['a_bits']}", "noise": noise,
             "noise_rate": c["noise"]["rate"], "budget": c.get("budget", {}).get("mode", "per_epoch_fraction"),
@@ -83,11 +87,11 @@ class Delta:
 
     @property
     def significant(self) -> bool:
-        return self.n > 1 and (self.low > 0 or self.high < 0)
+        return self.n >= MIN_CI_SEEDS and (self.low > 0 or self.high < 0)
 
     def text(self) -> str:
-        if self.n < 2:
-            return f"{self.mean:+.2f} (n={self.n})"
+        if self.n < MIN_CI_SEEDS:
+            return f"{self.mean:+.2f} (n={self.n}, no CI)"
         mark = "*" if self.significant else ""
         return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]{mark}"
 
@@ -101,7 +105,7 @@ def delta(method: pd.DataFrame, ref: pd.DataFrame, metric: str) -> Delta | None:
     if len(shared) >= 2 or len(shared) == len(a) == len(b):  # pair on the seeds both have
         d = (a[shared] - b[shared]).to_numpy()
         n, mean = len(d), float(d.mean())
-        if n < 2:
+        if n < MIN_CI_SEEDS:
             return Delta(mean, math.nan, math.nan, n, True, math.nan)
         sem = float(d.std(ddof=1)) / math.sqrt(n)
         low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=sem) if sem > 0 else (mean, mean)
@@ -109,7 +113,7 @@ def delta(method: pd.DataFrame, ref: pd.DataFrame, metric: str) -> Delta | None:
         return Delta(mean, float(low), float(high), n, True, p)
     n = min(len(a), len(b))
     mean = float(a.mean() - b.mean())
-    if n < 2:
+    if n < MIN_CI_SEEDS:
         return Delta(mean, math.nan, math.nan, n, False, math.nan)
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
@@ -143,7 +147,8 @@ def summarize(df: pd.DataFrame, metric: str = "final", vs: str = "random") -> pd
                             "proxy_seconds": m.proxy_seconds.mean(),
                             "noisy_selected": m.noisy_selected.mean(), "distinct_frac": m.distinct_frac.mean(),
                             "epochs": m.epochs.mean(), "cost_units": m.cost_units.mean(),
-                            "selection_share": m.selection_share.mean()})
+                            "selection_share": m.selection_share.mean(),
+                            "dataset_display": g["dataset_display"].iloc[0]})
     long = pd.DataFrame(out)
     if long.empty:
         return long
@@ -156,7 +161,8 @@ def summarize(df: pd.DataFrame, metric: str = "final", vs: str = "random") -> pd
     return long
 
 
-def _order(methods: list[str], full: set[str], vs: str) -> list[str]:
+def method_order(methods: list[str], full: set[str], vs: str = "random") -> list[str]:
+    """Full-data rows first, then the reference, then the others as they come: one order for tables and legends."""
     first = [m for m in methods if m in full] + [m for m in methods if m == vs and m not in full]
     return list(dict.fromkeys([*first, *methods]))
 
@@ -169,7 +175,7 @@ def _entry(r: pd.Series) -> str:
 def grid(long: pd.DataFrame, value: str, vs: str = "random") -> pd.DataFrame:
     """methods x fractions of one group, entries from column ``value`` (already text)."""
     cols = [_fraction_label(f) for f in sorted(long["fraction"].unique())]
-    methods = _order(list(dict.fromkeys(long["method"])), set(long.loc[long.full, "method"]), vs)
+    methods = method_order(list(dict.fromkeys(long["method"])), set(long.loc[long.full, "method"]), vs)
     table = pd.DataFrame("–", index=methods, columns=cols, dtype=object)
     for _, r in long.iterrows():
         table.at[r["method"], _fraction_label(r["fraction"])] = r[value]
@@ -200,8 +206,9 @@ def _tex(table: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
-def _title(key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in zip(GROUP, key))
+def title(keys: list[str], g: pd.DataFrame) -> str:
+    """'dataset CIFAR-10 (10k/2k), model resnet8, ...': a group's heading, the data set by its display name."""
+    return ", ".join(f"{k} {g['dataset_display' if k == 'dataset' else k].iloc[0]}" for k in keys)
 
 
 def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras: bool = False) -> dict[str, str]:
@@ -213,14 +220,16 @@ def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras
     md = [f"{METRIC_TITLE[metric]}, mean ± std over seeds; (n=k) marks missing seeds; **bold**: best "
           f"coreset method per column and any within one std of it; `full` trains on all data every epoch and is "
           f"repeated in every column. Δ vs {vs}: mean difference with its 95% confidence interval, paired over "
-          f"seeds where the runs pair up; * marks an interval that excludes 0.\n"]
+          f"seeds where the runs pair up (no interval with fewer than {MIN_CI_SEEDS} seeds); * marks an interval "
+          f"that excludes 0.\n"]
     tex = [f"% generated by qcore-bench: {METRIC_TITLE[metric]}"]
-    for key, g in long.groupby(GROUP, sort=False):
-        title = _title(key)
-        md.append(f"### {title}\n\n{_md(grid(g, 'text', vs))}\n")
+    for _, g in long.groupby(GROUP, sort=False):
+        heading = title(GROUP, g)
+        md.append(f"### {heading}\n\n{_md(grid(g, 'text', vs))}\n")
         deltas = g[g["delta_text"] != ""]
         if not deltas.empty:
-            md.append(f"Δ vs {vs} ({'paired' if deltas['paired'].all() else 'Welch'}, 95% CI):\n\n"
+            interval = "no CI under 3 seeds" if deltas["ci_low"].isna().all() else "95% CI"
+            md.append(f"Δ vs {vs} ({'paired' if deltas['paired'].all() else 'Welch'}, {interval}):\n\n"
                       f"{_md(grid(deltas, 'delta_text', vs))}\n")
         if extras:
             g = g.assign(extra=[f"sel {r.selection_seconds:.1f}s, proxy {r.proxy_seconds:.1f}s, train "
@@ -230,7 +239,7 @@ def render(long: pd.DataFrame, metric: str = "final", vs: str = "random", extras
                       f"the proxy models it read, each amortised over the cells of this table that share it; "
                       f"noisy: share of label-noisy samples in the selected subsets):\n\n"
                       f"{_md(grid(g, 'extra', vs))}\n")
-        tex.append(_tex(grid(g, "text", vs), f"{title}: {METRIC_TITLE[metric]}"))
+        tex.append(_tex(grid(g, "text", vs), f"{heading}: {METRIC_TITLE[metric]}"))
     csv = long.drop(columns=["text"]).to_csv(index=False)
     return {"md": "\n".join(md), "tex": "\n\n".join(tex) + "\n", "csv": csv}
 
@@ -244,7 +253,7 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
            "compute spent selecting (scoring passes and proxies), and the share of label-noisy samples in the "
            f"selected subsets; Δ is paired against {vs} where seeds pair up.\n"]
     keys = [k for k in GROUP if k != "budget"]
-    for key, g in df.groupby(keys, sort=False):
+    for _, g in df.groupby(keys, sort=False):
         rows = []
         for f in sorted(g.loc[~g.full, "fraction"].unique()):
             part = pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]])
@@ -266,7 +275,7 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
         table = pd.DataFrame(rows).set_index(["fraction", "method"])
         table.index = [f"{a} {b}" for a, b in table.index]
         table.index.name = "fraction, method"
-        out.append(f"### {', '.join(f'{k} {v}' for k, v in zip(keys, key))}\n\n{_md(table)}\n")
+        out.append(f"### {title(keys, g)}\n\n{_md(table)}\n")
     return "\n".join(out)
 
 

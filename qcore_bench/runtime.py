@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from . import distributed
+from .paths import resolve_root
 from .registry import registry
 from .store import Store
 from .suite import DatasetSpec
@@ -54,7 +55,7 @@ def resolve_device(name: str) -> torch.device:
 @functools.lru_cache(maxsize=4)
 def _load_data(spec_json: str, root: str | None, cache_dir: Path) -> Any:
     spec = DatasetSpec.model_validate_json(spec_json)
-    return registry("datasets").get(spec.name)(root, cache_dir, **spec.params)
+    return registry("datasets").get(spec.name)(resolve_root(root), cache_dir, **spec.params)
 
 
 def load_data(spec: DatasetSpec, cache_dir: Path) -> Any:

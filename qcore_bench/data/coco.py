@@ -13,7 +13,6 @@ original pixels before COCOeval, so the mAP is that of the original annotations.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from qcore_bench.data.bundle import DatasetError
-
-DEFAULT_ROOT = "~/.cache/qcore-bench/data/coco"
+from qcore_bench.data.catalog import describe
+from qcore_bench.paths import data_root
 SPLITS = {"train": "train2017", "test": "val2017"}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: what pretrained backbones expect
 
@@ -161,25 +160,40 @@ def _split(data: dict[str, Any], image_dir: pathlib.Path, cat_index: dict[int, i
     return split, gt
 
 
-def load_coco(root: str | None, cache_dir: pathlib.Path, min_size: int = 800, max_size: int = 1333,
-              max_train: int | None = None, max_test: int | None = None) -> DetectionData:
-    """COCO 2017 (or any set in its layout) from ``root`` (default: $QCORE_DATA/coco, else
-    ~/.cache/qcore-bench/data/coco); ``max_train``/``max_test``: the first images by id."""
-    base = pathlib.Path(root or (os.environ.get("QCORE_DATA") and pathlib.Path(os.environ["QCORE_DATA"]) / "coco")
-                        or DEFAULT_ROOT).expanduser()
+def _base(root: str | None) -> pathlib.Path:
+    base = pathlib.Path(root).expanduser() if root is not None else data_root() / "coco"
     if not base.is_dir():
         raise DatasetError(f"coco: root {base} does not exist; expected {base}/train2017, {base}/val2017 and "
                            f"{base}/annotations/instances_{{train,val}}2017.json (point data.root at it)")
+    return base
+
+
+def _annotations(base: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    train = read_annotations(base / "annotations" / "instances_train2017.json")
+    test = read_annotations(base / "annotations" / "instances_val2017.json")
+    if sorted(c["id"] for c in test["categories"]) != sorted(c["id"] for c in train["categories"]):
+        raise DatasetError(f"{base}/annotations/instances_val2017.json: categories: the ids differ from the "
+                           f"training file's")
+    return train, test
+
+
+def check_coco(root: str | None, **params: Any) -> None:
+    """The root and both annotation files are there and well formed (run before any cell starts)."""
+    _annotations(_base(root))
+
+
+@describe("COCO", check_coco)
+def load_coco(root: str | None, cache_dir: pathlib.Path, min_size: int = 800, max_size: int = 1333,
+              max_train: int | None = None, max_test: int | None = None) -> DetectionData:
+    """COCO 2017 (or any set in its layout) from ``root`` (default: the data root's ``coco/``);
+    ``max_train``/``max_test``: the first images by id."""
+    base = _base(root)
     for name, value in (("min_size", min_size), ("max_size", max_size), ("max_train", max_train),
                         ("max_test", max_test)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise DatasetError(f"coco: {name} must be an integer >= 1, got {value!r}")
-    train_json = read_annotations(base / "annotations" / "instances_train2017.json")
-    test_json = read_annotations(base / "annotations" / "instances_val2017.json")
+    train_json, test_json = _annotations(base)
     cats = sorted(train_json["categories"], key=lambda c: c["id"])
-    if sorted(c["id"] for c in test_json["categories"]) != [c["id"] for c in cats]:
-        raise DatasetError(f"{base}/annotations/instances_val2017.json: categories: the ids differ from the "
-                           f"training file's")
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     train, _ = _split(train_json, base / SPLITS["train"], cat_index, max_train, min_size, max_size)
     test, gt = _split(test_json, base / SPLITS["test"], cat_index, max_test, min_size, max_size)

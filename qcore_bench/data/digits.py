@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 import torch
 
+from qcore_bench.data.catalog import describe
 from qcore_bench.data.bundle import ImageData, channel_stats
 
 # The train/test split is part of the data set's definition (the scikit-learn copy comes
@@ -32,6 +33,7 @@ def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+@describe("Digits")
 def load_digits(root: str | None, cache_dir: pathlib.Path) -> ImageData:
     """Load the digits (root and cache_dir are unused: the data ships with scikit-learn)."""
     from sklearn.datasets import load_digits as sklearn_digits

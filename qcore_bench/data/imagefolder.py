@@ -14,15 +14,17 @@ import multiprocessing
 import os
 import pathlib
 import pickle
-import uuid
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from qcore_bench.claims import file_lock
+from qcore_bench.data.catalog import describe
+from qcore_bench.files import atomic_write
 from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats, limit
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
@@ -134,23 +136,6 @@ def _decode_all(paths: list[pathlib.Path], image_size: int | None) -> torch.Tens
     return torch.from_numpy(images)
 
 
-def _save_atomic(payload: dict, path: pathlib.Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    # os.open with 0o666 honours the umask (mkstemp would make the cache private to one user).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _load_cache(path: pathlib.Path) -> dict | None:
     """The cached tensors, or None when there is no usable cache file."""
     if not path.is_file():
@@ -162,6 +147,14 @@ def _load_cache(path: pathlib.Path) -> dict | None:
         return None
 
 
+def check_imagefolder(root: str | None, **params: Any) -> None:
+    """The layout is there and every class holds images (nothing is decoded)."""
+    if root is None:
+        raise DatasetError(f"imagefolder needs data.root: a folder with the layout {LAYOUT}")
+    _scan(pathlib.Path(root).expanduser().resolve())
+
+
+@describe(None, check_imagefolder)
 def load_imagefolder(
     root: str | None,
     cache_dir: pathlib.Path,
@@ -218,5 +211,5 @@ def _decode_payload(files: list[tuple[pathlib.Path, int]], n_train: int, classes
         "mean": list(mean),
         "std": list(std),
     }
-    _save_atomic(payload, cache_path)
+    atomic_write(cache_path, lambda f: torch.save(payload, f), mode="wb")
     return payload

@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import pathlib
 import random
+from typing import Any
 
 import torch
 
 from qcore_bench.data.bundle import DatasetError, FileData, stratified_subset
-from qcore_bench.data.cifar import default_root
+from qcore_bench.data.catalog import describe
 from qcore_bench.data.imagefolder import IMAGE_EXTENSIONS
+from qcore_bench.paths import data_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,19 +118,38 @@ def _split(root: pathlib.Path, name: str, classes: list[str] | None) -> tuple[li
     return classes, files, labels
 
 
+def _root(root: str | None) -> pathlib.Path:
+    path = pathlib.Path(root).expanduser() if root is not None else data_root() / "imagenet"
+    if not path.is_dir():
+        raise DatasetError(f"imagenet: root {path} does not exist; expected the layout {LAYOUT}; "
+                           f"point data.root (or $QCORE_DATA) at it")
+    return path
+
+
+def check_imagenet(root: str | None, **params: Any) -> None:
+    """The root, train/ and val/ exist and hold the same class folders (the files are listed per cell)."""
+    path = _root(root)
+    for name in ("train", "val"):
+        if not (path / name).is_dir():
+            raise DatasetError(f"imagenet: {path} has no {name}/ folder; expected the layout {LAYOUT}")
+    train, val = ({p.name for p in (path / name).iterdir() if p.is_dir() and not p.name.startswith(".")}
+                  for name in ("train", "val"))
+    if not train or train != val:
+        raise DatasetError(f"imagenet: train/ and val/ must hold the same class folders ({len(train)} vs "
+                           f"{len(val)}); expected the layout {LAYOUT}")
+
+
+@describe("ImageNet", check_imagenet)
 def load_imagenet(root: str | None, cache_dir: pathlib.Path, image_size: int = 224, resize: int | None = None,
                   max_train: int | None = None, max_test: int | None = None) -> FileData:
-    """The tree under root (default: $QCORE_DATA/imagenet or ~/.cache/qcore-bench/data/imagenet).
+    """The tree under root (default: ``imagenet/`` under the data root).
 
     ``resize`` defaults to image_size * 8 / 7 (256 for 224); ``max_train`` / ``max_test``
     keep a fixed class-stratified subset. cache_dir is unused: nothing is decoded ahead.
     """
     if image_size < 1:
         raise DatasetError(f"imagenet: image_size must be >= 1, got {image_size}")
-    path = pathlib.Path(root).expanduser() if root is not None else default_root() / "imagenet"
-    if not path.is_dir():
-        raise DatasetError(f"imagenet: root {path} does not exist; expected the layout {LAYOUT}; "
-                           f"point data.root (or $QCORE_DATA) at it")
+    path = _root(root)
     classes, train_files, train_y = _split(path, "train", None)
     _, test_files, test_y = _split(path, "val", classes)
     train_labels, test_labels = torch.tensor(train_y, dtype=torch.int64), torch.tensor(test_y, dtype=torch.int64)

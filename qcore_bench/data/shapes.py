@@ -21,6 +21,7 @@ import tempfile
 
 import numpy as np
 
+from qcore_bench.data.catalog import describe
 from qcore_bench.data.coco import DetectionData, load_coco
 
 CLASSES = ("circle", "square", "triangle", "cross", "star")
@@ -118,6 +119,7 @@ def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_object
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
 
 
+@describe("Shapes")
 def load_shapes(root: str | None, cache_dir: pathlib.Path, n_train: int = 400, n_test: int = 100,
                 image_size: int = 96, max_objects: int = 4, seed: int = 0) -> DetectionData:
     """The shapes set of these parameters, generated into the cache on first use (root unused)."""

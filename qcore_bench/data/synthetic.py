@@ -14,6 +14,7 @@ import pathlib
 import torch
 import torch.nn.functional as F
 
+from qcore_bench.data.catalog import describe
 from qcore_bench.data.bundle import DatasetError, ImageData, channel_stats
 
 # Prototypes and the smooth noise live on a coarse grid that is upsampled, so the
@@ -46,6 +47,7 @@ def _draw(
     return images.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8), labels
 
 
+@describe("Synthetic")
 def load_synthetic(
     root: str | None,
     cache_dir: pathlib.Path,
