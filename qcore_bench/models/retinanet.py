@@ -117,14 +117,14 @@ for _fn in (retinanet_resnet18_fpn, retinanet_resnet50_fpn, retinanet_small):
 
 @torch.no_grad()
 def _init_head(model: RetinaNet, generator: torch.Generator) -> None:
-    """RetinaNet's own head initialisation (normal, std 0.01; class bias at the focal prior), seeded."""
-    for sub in (model.head.classification_head, model.head.regression_head):
-        for module in sub.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01, generator=generator)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-    nn.init.constant_(model.head.classification_head.cls_logits.bias, -math.log((1 - PRIOR) / PRIOR))
+    """The two final predictor convs as RetinaNet sets them (normal, std 0.01; the class bias at the
+    focal prior), seeded. The head's other convs keep the Kaiming init of ``init_weights``:
+    RetinaNet's std 0.01 there shrinks the signal about 4x per conv in a 64-channel head."""
+    head = model.head
+    for conv in (head.classification_head.cls_logits, head.regression_head.bbox_reg):
+        nn.init.normal_(conv.weight, std=0.01, generator=generator)
+        nn.init.zeros_(conv.bias)
+    nn.init.constant_(head.classification_head.cls_logits.bias, -math.log((1 - PRIOR) / PRIOR))
 
 
 def build_detector(arch_fn: Callable[..., RetinaNet], num_classes: int, generator: torch.Generator,
