@@ -61,12 +61,12 @@ def _image(rng: np.random.Generator, size: int, max_objects: int) -> tuple[objec
             draw.line([tuple(rng.uniform(0, size, 2)), tuple(rng.uniform(0, size, 2))], fill=col,
                       width=int(rng.integers(1, 4)))
         else:
-            x, y, r = *rng.uniform(0, size, 2), rng.uniform(1.5, 4)
+            x, y, r = *rng.uniform(0, size, 2), rng.uniform(0.01, 0.03) * size
             draw.ellipse([x - r, y - r, x + r, y + r], fill=col)
     objects: list[tuple[int, list[float]]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _try in range(20):
-            r = rng.uniform(0.06, 0.22) * size
+            r = rng.uniform(0.1, 0.25) * size
             cx, cy = rng.uniform(r, size - r, 2)
             kind = int(rng.integers(len(CLASSES)))
             name = CLASSES[kind]
@@ -124,7 +124,7 @@ def load_shapes(root: str | None, cache_dir: pathlib.Path, n_train: int = 400, n
                 image_size: int = 96, max_objects: int = 4, seed: int = 0) -> DetectionData:
     """The shapes set of these parameters, generated into the cache on first use (root unused)."""
     params = {"n_train": n_train, "n_test": n_test, "image_size": image_size, "max_objects": max_objects,
-              "seed": seed, "version": 1}
+              "seed": seed, "version": 2}
     for key in ("n_train", "n_test", "image_size", "max_objects"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ValueError(f"shapes: {key} must be an integer >= 1, got {params[key]!r}")

@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
-from ..registry import registry
-
-if TYPE_CHECKING:
-    from ..runtime import EpochCallback, Runtime
-    from ..store import Store
-    from ..suite import Cell
+from ..registry import UnknownNameError, registry
 
 TASKS = {"classification": "qcore_bench.tasks.classification:Classification",
          "detection": "qcore_bench.tasks.detection:Detection"}
@@ -42,9 +37,10 @@ class Task(ABC):
     best_key: ClassVar[str]  # ... and of its best value over epochs
 
     @abstractmethod
-    def run(self, cell: "Cell", store: "Store", rt: "Runtime", on_epoch: "EpochCallback | None",
+    def run(self, cell: Any, store: Any, rt: Any, on_epoch: Callable[[int, int, float], None] | None,
             log_line: Callable[[dict[str, Any]], None] | None, env: dict[str, Any]) -> dict[str, Any]:
-        """Train (or resume) ``cell`` to its last epoch, checkpointing through ``store``; returns its result."""
+        """Train (or resume) ``cell`` (a ``Cell``) to its last epoch, checkpointing through ``store`` (a
+        ``Store``), where and how ``rt`` (a ``Runtime``) says; returns its result."""
 
     @abstractmethod
     def evaluate(self, model: Any, data: Any, batch_size: int, **kw: Any) -> dict[str, float]:
@@ -76,3 +72,42 @@ def get_task(name: str) -> Task:
 def supports(selector_cls: Any, task: str) -> bool:
     """Whether a selector class declares ``task`` among its ``tasks`` (classification only by default)."""
     return task in getattr(selector_cls, "tasks", ("classification",))
+
+
+def selectors_for(task: str) -> list[str]:
+    """The registered selectors that declare ``task`` (those that fail to import are left out)."""
+    names = []
+    for name in registry("selectors").names():
+        try:
+            if supports(registry("selectors").get(name), task):
+                names.append(name)
+        except UnknownNameError:
+            continue
+    return names
+
+
+def suite_task_error(suite: Any) -> tuple[str, str] | None:
+    """The first (key, message) of a suite that pairs a task with what does not handle it: a model
+    built for another task, a selector that does not declare it, or a setting detection lacks
+    (distillation, equal-compute budgets, the classifiers' layer policies); None when all pair up."""
+    g = suite.grid
+    for i, ds in enumerate(g.dataset):
+        task = dataset_task(ds.name)
+        for j, m in enumerate(g.model):
+            mtask = task_name(registry("models").get(m.name))
+            if mtask != task:
+                return (f"grid.model[{j}]", f"model '{m.name}' is built for {mtask}, data set '{ds.name}' "
+                                            f"(grid.dataset[{i}]) is for {task}")
+        for j, m in enumerate(g.method):
+            if not supports(registry("selectors").get(m.selector), task):
+                return (f"grid.method[{j}]", f"selector '{m.selector}' does not support {task} (data set "
+                                             f"'{ds.name}'); selectors for {task}: {', '.join(selectors_for(task))}")
+        if task == "detection":
+            if suite.train.kd.enabled:
+                return "train.kd.enabled", "distillation is not defined for detection; set it to false"
+            if suite.budget.mode != "per_epoch_fraction":
+                return "budget.mode", "detection supports per_epoch_fraction only"
+            if suite.quant.policy != "all":
+                return "quant.policy", (f"detection uses policy 'all' (every conv but the stem and the two "
+                                        f"predictors), got '{suite.quant.policy}'")
+    return None
