@@ -43,10 +43,11 @@ class PreResized(GeneralizedRCNNTransform):
         return image, target
 
 
-def _detector(backbone: nn.Module, num_classes: int, anchor_sizes: tuple[int, ...], head_groups: int = 0) -> RetinaNet:
+def _detector(backbone: nn.Module, num_classes: int, anchor_sizes: tuple[int, ...], head_groups: int = 0,
+              ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> RetinaNet:
     """``head_groups`` > 0: GroupNorm of that many groups after every head conv (RetinaNet v2's head)."""
     anchors = AnchorGenerator(tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in anchor_sizes),
-                              ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+                              (tuple(ratios),) * len(anchor_sizes))
     head = None
     if head_groups:
         head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
@@ -110,12 +111,13 @@ class _SmallBackbone(nn.Module):
 
 
 def retinanet_small(num_classes: int, in_channels: int = 3, width: int = 16, fpn_width: int = 64,
-                    anchor_size: int = 16, head_groups: int = 0) -> RetinaNet:
+                    anchor_size: int = 16, head_groups: int = 0,
+                    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> RetinaNet:
     """The reduced RetinaNet for CPU suites: small body, ``fpn_width``-channel FPN and head, P3-P5,
-    anchors ``anchor_size``, 2x and 4x it (x 3 scales x 3 ratios): for images of about 64-100 px;
-    ``head_groups`` > 0 puts GroupNorm in the head (faster from-scratch training)."""
+    anchors ``anchor_size``, 2x and 4x it (x 3 scales x ``aspect_ratios``): for images of about
+    64-100 px; ``head_groups`` > 0 puts GroupNorm in the head (faster from-scratch training)."""
     model = _detector(_SmallBackbone(width, fpn_width), num_classes, (anchor_size, 2 * anchor_size, 4 * anchor_size),
-                      head_groups)
+                      head_groups, tuple(aspect_ratios))
     model.signed_inputs = model.signed_inputs - {"backbone.fpn.extra_blocks.p6"}
     return model
 

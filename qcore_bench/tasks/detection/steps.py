@@ -155,8 +155,12 @@ def anchor_terms(model: nn.Module, data: DetectionData, labels: list[torch.Tenso
     try:
         for idx in size_groups(data, "train", torch.arange(data.n_train), batch_size):
             cls, reg, anchors = _head(model, images(data, "train", idx, device))
+            probs = cls.sigmoid()
+            cand = torch.nonzero(probs.max(dim=2).values >= CANDIDATE)  # [m, 2]: (image in batch, anchor)
+            parts["en"].append(_entropy(probs[cand[:, 0], cand[:, 1]]))
+            parts["ni"].append(torch.as_tensor(idx, device=device)[cand[:, 0]])
             for b, i in enumerate(idx):
-                p = cls[b].sigmoid()
+                p = probs[b]
                 boxes, lab = data.train.boxes[i].to(device), labels[i].to(device)
                 if len(boxes):
                     matched = model.proposal_matcher(box_iou(boxes, anchors[b]))
@@ -174,9 +178,6 @@ def anchor_terms(model: nn.Module, data: DetectionData, labels: list[torch.Tenso
                     parts["dc"].append((p[a] - t["probs"].to(device)).norm(dim=1))
                     parts["db"].append((reg[b][a] - t["boxes"].to(device)).abs().sum(dim=1))
                     parts["di"].append(torch.full((len(a),), i, device=device))
-                cand = p.max(dim=1).values >= CANDIDATE
-                parts["en"].append(_entropy(p[cand]))
-                parts["ni"].append(torch.full((int(cand.sum()),), i, device=device))
     finally:
         model.train(was_training)
 
