@@ -1,13 +1,24 @@
-"""Console progress: cell i/n, epoch, accuracy and time left, on stderr."""
+"""Console progress on stderr: a live line in a terminal, plain whole lines when redirected.
+
+The live line holds cell i/n, the cell's id and label, a bar, the epoch, the accuracy and the
+time; when the terminal is too narrow it drops whole fields, least useful first, instead of
+cutting every field short. Finished and failed cells, and the teachers and proxies that a
+cell trains first, get lines of their own that are never wrapped, so a log file has one
+line per event.
+"""
 
 from __future__ import annotations
 
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress, ProgressColumn, Task, TaskID
+from rich.text import Text
 
-from .suite import Cell
+from .cells import Cell
+from .events import Phase, PhaseHandler
+
+BAR = 20
 
 
 def cell_label(cell: Cell) -> str:
@@ -16,36 +27,96 @@ def cell_label(cell: Cell) -> str:
             f"{cell.noise.label}/{cell.method.name}/s{cell.seed}")
 
 
+def clock(seconds: float | None) -> str:
+    """0:42, 12:05 or 1:02:03; '?' before there is an estimate."""
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def fit(fields: list[tuple[int, str]], width: int) -> list[int]:
+    """Indices of the fields that fit in ``width`` columns, joined by single spaces.
+
+    ``fields`` are (priority, text) in display order, priority 0 the most important; a field
+    is shown whole or not at all, the most important first.
+    """
+    kept: set[int] = set()
+    used = -1
+    for priority, i in sorted((p, i) for i, (p, text) in enumerate(fields) if text):
+        if used + 1 + len(fields[i][1]) <= width:
+            kept.add(i)
+            used += 1 + len(fields[i][1])
+    return sorted(kept)
+
+
+class _Line(ProgressColumn):
+    """The whole live line as one column, fitted to the console's width."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def render(self, task: Task) -> Text:
+        f = task.fields
+        done = int(BAR * task.completed / task.total) if task.total else 0
+        fields = [(0, f"cell {f['i']}/{f['n']}"), (7, f["id"]), (4, f["label"]), (5, "━" * done + "─" * (BAR - done)),
+                  (1, f["epoch"]), (2, f["acc"]), (6, f"elapsed {clock(task.elapsed)}"),
+                  (3, f"left {clock(task.time_remaining)}")]
+        line = Text()
+        for i in fit(fields, self.console.width - 1):
+            line.append(" " if line else "")
+            line.append(fields[i][1], style="bold" if i == 0 else "magenta" if i == 3 else "")
+        return line
+
+
 class ConsoleProgress:
-    """One bar over all epochs still to train, plus a line per finished or failed cell."""
+    """One live line over all epochs still to train, plus a line per finished or failed cell."""
 
     def __init__(self, total_epochs: int, n_cells: int, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.n_cells = n_cells
-        self.progress = Progress(
-            TextColumn("[bold]cell {task.fields[i]}/{task.fields[n]}"), TextColumn("{task.description}"),
-            BarColumn(), TextColumn("epoch {task.fields[epoch]}"), TextColumn("acc {task.fields[acc]}"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-            console=self.console, transient=True)
-        self.task: TaskID = self.progress.add_task("", total=total_epochs, i=0, n=n_cells, epoch="-", acc="-")
+        self.progress = Progress(_Line(self.console), console=self.console, transient=True)
+        self.task: TaskID = self.progress.add_task("", total=total_epochs, i=0, n=n_cells, id="", label="",
+                                                   epoch="", acc="")
+        self.phases = PhaseHandler(self.phase)
+        self.current = ""  # the running cell's "i/n id", for teacher and proxy lines
 
     def __enter__(self) -> "ConsoleProgress":
         self.progress.start()
+        self.phases.__enter__()
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.phases.__exit__(exc_type, exc, tb)
         self.progress.stop()
 
+    def line(self, status: str, style: str, text: str) -> None:
+        """One event on a line of its own, never wrapped (a log file keeps one line per event)."""
+        self.console.print(Text(status, style=style) + Text(f" {text}"), soft_wrap=True, highlight=False)
+
     def start_cell(self, i: int, cell: Cell) -> None:
-        self.progress.update(self.task, i=i, description=f"{cell.id} {cell_label(cell)}", epoch="-", acc="-")
+        self.current = f"{i}/{self.n_cells} {cell.id}"
+        self.progress.update(self.task, i=i, id=cell.id, label=cell_label(cell), epoch="", acc="")
 
     def epoch(self, epoch: int, total: int, acc: float) -> None:
-        self.progress.update(self.task, advance=1, epoch=f"{epoch + 1}/{total}", acc=f"{acc:.2f}")
+        self.progress.update(self.task, advance=1, epoch=f"epoch {epoch + 1}/{total}", acc=f"acc {acc:.2f}")
 
-    def done_cell(self, i: int, cell: Cell, final_acc: float, seconds: float) -> None:
-        self.console.print(f"[green]done[/] {i}/{self.n_cells} {cell.id} {cell_label(cell)}: "
-                           f"final acc {final_acc:.2f}% ({seconds:.1f}s)", highlight=False)
+    def phase(self, phase: Phase, cell: str | None = None) -> None:
+        """A teacher or proxy of the running cell (or of ``cell``): its start and end as lines, epochs live."""
+        if phase.epoch == 0 or phase.finished:
+            self.line("train", "cyan", f"{cell or self.current} {phase}")
+        else:
+            self.progress.update(self.task, epoch=f"{phase.what.split()[0]} {phase.epoch}/{phase.total}")
+
+    def done_cell(self, i: int, cell: Cell, final_acc: float, seconds: float, metric: str = "acc") -> None:
+        """A finished cell's line with its headline (``metric`` "acc": top-1, "mAP": detection)."""
+        self.line("done", "green", f"{i}/{self.n_cells} {cell.id} {cell_label(cell)}: final {metric} {final_acc:.2f}% "
+                                   f"({seconds:.1f}s)")
 
     def failed_cell(self, i: int, cell: Cell, reason: str) -> None:
-        self.console.print(f"[red]failed[/] {i}/{self.n_cells} {cell.id} {cell_label(cell)}: {reason}",
-                           highlight=False)
+        self.line("failed", "red", f"{i}/{self.n_cells} {cell.id} {cell_label(cell)}: {reason}")
+
+    def note(self, text: str) -> None:
+        """Any other message (a skipped cell, an interrupt), as a whole line."""
+        self.console.print(Text(text), soft_wrap=True, highlight=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import events
 from .claims import file_lock
 from .files import atomic_write
 from .models import build
@@ -27,7 +28,7 @@ from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
 from .selection import Outputs, ProxyRecipe, ProxyRun, compute_outputs
-from .suite import Cell
+from .cells import Cell
 from .training import DeviceData, autocast, make_optimizer, make_scheduler, precision, to_device, train_epoch
 
 
@@ -117,6 +118,8 @@ class ProxyTrainer:
         correct = torch.zeros(recipe.epochs, n, dtype=torch.bool, device=dev)
         losses = torch.zeros(recipe.epochs, n, device=dev)
         everything = torch.arange(n)
+        what = f"proxy {self.cell.model_label} (repeat {repeat})"
+        events.report(what, 0, recipe.epochs)
         for epoch in range(recipe.epochs):
             def record(idx: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, e: int = epoch) -> None:
                 idx = idx.to(dev)
@@ -126,7 +129,9 @@ class ProxyTrainer:
                         augmented=recipe.augment, on_batch=record, amp=not recipe.quantized,
                         generator=make_generator(self.cell.seed, "proxy-train", repeat, epoch))
             sched.step()
+            events.report(what, epoch + 1, recipe.epochs)
         with autocast(dev, not recipe.quantized):
             outputs = compute_outputs(model, lambda: self.data.train_eval_batches(self.eval_batch_size))
+        events.report(what, recipe.epochs, recipe.epochs, time.perf_counter() - start)
         return ProxyRun(correct.cpu(), losses.cpu(), Outputs(outputs.logits.cpu(), outputs.features.cpu()),
                         recipe.epochs * n, time.perf_counter() - start, cached=False, key=key)

@@ -15,7 +15,7 @@ from . import distributed
 from .provenance import pinned_threads, provenance
 from .runtime import EpochCallback, Runtime, load_data, resolve_device
 from .store import Store
-from .suite import Cell
+from .cells import Cell
 from .tasks import dataset_task, get_task
 from .wandb_log import WandbRun
 

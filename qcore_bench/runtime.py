@@ -16,7 +16,7 @@ from . import distributed
 from .paths import resolve_root
 from .registry import registry
 from .store import Store
-from .suite import DatasetSpec
+from .schema import DatasetSpec
 from .wandb_log import WandbCfg
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch, total_epochs, headline metric of the epoch)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import events
 from .claims import file_lock
 from .models import build
 from .models.imagenet import load_weights, weights_path
@@ -30,7 +31,8 @@ from .registry import registry
 from .seeding import make_generator
 from .selection import Outputs, compute_outputs
 from .files import atomic_write
-from .suite import Cell, ModelSpec
+from .cells import Cell
+from .schema import ModelSpec
 from .training import (DeviceData, autocast, evaluate, make_optimizer, make_scheduler, precision, to_device,
                        train_epoch)
 
@@ -115,13 +117,17 @@ def _train_or_load(cell: Cell, model: nn.Module, path: Path, key: str, data: Dev
         recipe = cell.teacher
         opt, everything = make_optimizer(model, recipe), torch.arange(len(labels))
         sched = make_scheduler(opt, recipe)
+        what = f"teacher {stream[0] if stream else cell.model_label}"
+        events.report(what, 0, recipe.epochs)
         for epoch in range(recipe.epochs):
             gen = make_generator(cell.seed, "teacher-train", epoch, *stream)
             train_epoch(model, opt, data, labels, everything, batch_size=recipe.batch_size,
                         augmented=recipe.augment, generator=gen, amp=True)
             sched.step()
+            events.report(what, epoch + 1, recipe.epochs)
         acc, _ = evaluate(model, data, eval_batch_size, amp=True)
         info = TeacherInfo(key, acc, time.perf_counter() - start, recipe.epochs * len(labels), cached=False)
+        events.report(what, recipe.epochs, recipe.epochs, info.seconds, f"test acc {acc:.2f}%")
         state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                  "test_acc": acc, "seconds": info.seconds, "samples": info.samples}
         atomic_write(path, lambda f: torch.save(state, f), mode="wb")

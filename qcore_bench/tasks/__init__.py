@@ -51,6 +51,13 @@ class Task(ABC):
         """The per-sample eval-mode outputs of ``model`` on the training set that selectors score."""
 
 
+def headline(result: dict[str, Any]) -> tuple[float, str]:
+    """A result's headline and its name: ("acc", final top-1) or ("mAP", final mAP) for detection."""
+    if "final_map" in result:
+        return float(result["final_map"]), "mAP"
+    return float(result.get("final_acc", float("nan"))), "acc"
+
+
 def task_name(obj: Any) -> str:
     """The task a data-set loader or model builder is for: its ``task`` attribute, else classification."""
     return getattr(obj, "task", "classification")

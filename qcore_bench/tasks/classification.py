@@ -35,7 +35,7 @@ from ..runtime import EpochCallback, Runtime, load_data, load_state
 from ..seeding import make_generator
 from ..selection import Outputs, SelectionContext, compute_outputs, validate_selection
 from ..store import Store
-from ..suite import Cell
+from ..cells import Cell
 from ..teacher import OutputCache, get_teacher
 from ..training import autocast, evaluate, kd_loss, make_optimizer, make_scheduler, to_device, train_epoch
 from . import Task

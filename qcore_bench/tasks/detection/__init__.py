@@ -24,7 +24,7 @@ from ...runtime import EpochCallback, Runtime, load_data, load_state
 from ...seeding import make_generator
 from ...selection import AnchorTerms, ProxyRecipe, SelectionContext, SelectionError, validate_selection
 from ...store import Store
-from ...suite import Cell
+from ...cells import Cell
 from ...training import make_optimizer, make_scheduler, to_device
 from .. import Task
 from .frozen import cached_teacher_anchors, get_teacher, train_proxy

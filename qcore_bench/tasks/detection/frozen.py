@@ -25,7 +25,7 @@ from ...quant import calibrate, quantize_model
 from ...registry import registry
 from ...seeding import make_generator
 from ...selection import ProxyRecipe, ProxyRun
-from ...suite import Cell
+from ...cells import Cell
 from ...teacher import TeacherInfo
 from ...training import make_optimizer, make_scheduler, to_device
 from .steps import anchor_terms, evaluate_map, images, teacher_anchors, train_pass

@@ -22,7 +22,7 @@ from ...paths import cache_dir
 from ...quant import quantize_model
 from ...registry import registry
 from ...runtime import load_data
-from ...suite import Cell
+from ...cells import Cell
 from .steps import images
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
