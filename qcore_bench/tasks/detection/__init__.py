@@ -68,7 +68,7 @@ class Detection(Task):
         calibrate(student, images(data, "train", first.tolist(), dev))
         opt = make_optimizer(student, cell.train)
         selector = registry("selectors").get(cell.method.selector)(**cell.method.params)
-        proxy_cost = {"runs": 0, "samples": 0, "seconds": {}}
+        proxy_cost = {"runs": 0, "samples": 0, "seconds": 0.0, "trained_here": 0, "keys": {}}  # as ProxyTrainer's
         frozen: dict[str, Any] = {}
 
         def student_terms() -> AnchorTerms:  # one eval pass of the student; the teacher's anchors cached once
@@ -81,12 +81,18 @@ class Detection(Task):
             state["units"]["selection"] += n
             return self.outputs(teacher, data, bs, labels=labels, device=dev)
 
+        spent = {"proxy": 0.0}  # wall time of proxies trained by this cell: proxy cost, not selection time
+
         def proxy(recipe: ProxyRecipe, repeat: int) -> Any:
+            start = time.perf_counter()
             run = train_proxy(cell, recipe, repeat, data, labels, teacher, tinfo.key, rt.cache_dir, bs, dev)
-            if run.key not in proxy_cost["seconds"]:
+            spent["proxy"] += 0.0 if run.cached else time.perf_counter() - start
+            if run.key not in proxy_cost["keys"]:  # charged in full to every cell that reads it, cached or not
                 proxy_cost["runs"] += 1
                 proxy_cost["samples"] += run.samples
-                proxy_cost["seconds"][run.key] = run.seconds
+                proxy_cost["seconds"] += run.seconds
+                proxy_cost["trained_here"] += not run.cached
+                proxy_cost["keys"][run.key] = run.seconds
             return run
 
         state = load_state(store, cell.id)
@@ -110,7 +116,7 @@ class Detection(Task):
             line: dict[str, Any] = {"epoch": epoch}
             if selector.due(epoch):
                 start = time.perf_counter()
-                proxy_before = sum(proxy_cost["seconds"].values())
+                proxy_before = spent["proxy"]
                 ctx = SelectionContext(epoch=epoch, total_epochs=total, fraction=cell.fraction,
                                        labels=torch.zeros(n, dtype=torch.int64), num_classes=1, balanced=False,
                                        student=student, teacher=teacher,
@@ -122,7 +128,7 @@ class Detection(Task):
                 if sel.weights is not None:
                     raise SelectionError(f"selector '{cell.method.name}': per-image weights are not supported "
                                          f"for detection")
-                proxy_trained = sum(proxy_cost["seconds"].values()) - proxy_before
+                proxy_trained = spent["proxy"] - proxy_before
                 seconds = time.perf_counter() - start - proxy_trained
                 noisy = float(noisy_image[sel.indices].float().mean())
                 in_subset = boxes_per_image[sel.indices].sum()
