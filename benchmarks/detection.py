@@ -1,8 +1,8 @@
 """Detection benchmarks: per-image ACS selection against the student-forward floor, and the RetinaNet
 LSQ QAT training step against the full-precision one.
 
-    python benchmarks/detection.py                                   # shapes, 400 images of 96 px, small RetinaNet
-    python benchmarks/detection.py --model retinanet_resnet18_fpn --size 512 --n 200 --device cuda
+    python benchmarks/detection.py           # shapes, 400 images of 64 px, retinanet_small as in detection_cpu
+    python benchmarks/detection.py --model retinanet_resnet18_fpn --params '{}' --size 512 --n 200 --device cuda
 
 * Floor: one eval-mode, no-grad forward pass of the W4/A4 student (backbone, FPN and head, the part
   every per-image score needs) over the training images, batched by size as the scoring pass is.
@@ -20,6 +20,7 @@ per-repetition ratios (fair on a loaded machine). Weights are random (a pass cos
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -44,7 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="retinanet_small")
     parser.add_argument("--n", type=int, default=400, help="training images scored")
-    parser.add_argument("--size", type=int, default=96, help="image side (px)")
+    parser.add_argument("--params", default='{"width": 32, "fpn_width": 64, "head_groups": 16}',
+                        help="the model's parameters (JSON); default: suites/detection_cpu.yaml's")
+    parser.add_argument("--size", type=int, default=64, help="image side (px)")
     parser.add_argument("--batch", type=int, default=8, help="training batch of the step benchmark")
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
@@ -57,7 +60,8 @@ def main() -> None:
         for i in range(data.n_train):  # decode once, outside every timing
             data.image("train", i)
         arch = registry("models").get(args.model)
-        teacher = build_detector(arch, data.num_classes, torch.Generator().manual_seed(0)).to(dev).eval()
+        params = json.loads(args.params)
+        teacher = build_detector(arch, data.num_classes, torch.Generator().manual_seed(0), params).to(dev).eval()
         student = quantize_model(teacher, 4, 4).to(dev)
         calibrate(student, images(data, "train", list(range(args.batch)), dev))
         anchors = teacher_anchors(teacher, data, args.eval_batch, dev)
@@ -83,7 +87,7 @@ def main() -> None:
         xs = images(data, "train", list(range(args.batch)), dev)
         targets = [{"boxes": data.train.boxes[i].to(dev), "labels": data.train.labels[i].to(dev)}
                    for i in range(args.batch)]
-        fp = build_detector(arch, data.num_classes, torch.Generator().manual_seed(0)).to(dev)
+        fp = build_detector(arch, data.num_classes, torch.Generator().manual_seed(0), params).to(dev)
         q = quantize_model(fp, 4, 4).to(dev)
         calibrate(q, xs)
         opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in (fp, q)}
