@@ -67,6 +67,17 @@ def test_map_on_real_coco_files_is_100_for_the_ground_truth_and_drops_when_shift
     assert coco_map(data.test_gt, []) == {"map": 0.0, "ap50": 0.0, "ap75": 0.0}
 
 
+def test_map_is_100_for_the_ground_truth_and_lower_when_boxes_shift(shapes: DetectionData) -> None:
+    gt = shapes.test_gt
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    assert coco_map(gt, perfect) == {"map": 100.0, "ap50": 100.0, "ap75": 100.0}
+    shifted = coco_map(gt, [{**p, "bbox": [p["bbox"][0] + 0.2 * p["bbox"][2], *p["bbox"][1:]]} for p in perfect])
+    assert shifted["map"] < 100 and shifted["ap75"] < 100
+    wrong_class = [{**p, "category_id": CAT_IDS[(CAT_IDS.index(p["category_id"]) + 1) % 5]} for p in perfect]
+    assert coco_map(gt, wrong_class)["map"] == 0.0
+
+
 def test_shapes_is_real_coco_read_back_by_the_same_loader(shapes: DetectionData, tmp_path: Path) -> None:
     assert shapes.classes == ("circle", "square", "triangle", "cross", "star") and shapes.cat_ids == CAT_IDS
     assert shapes.n_train == 24 and all(1 <= len(b) <= 4 for b in shapes.train.boxes)
