@@ -222,6 +222,6 @@ def test_cpu_suite_shrunk_to_seconds_on_real_cifar10_jpegs(cifar_jpeg_subset: Pa
     accuracies = [float(x) for x in re.findall(r"(\d+\.\d\d)", rows["acs"])]
     assert accuracies and all(0 <= a <= 100 for a in accuracies)
     suite_text = yaml.safe_load(suite.read_text())
-    assert suite_text["grid"]["dataset"]["root"] == "~/.cache/qcore-bench/data/cifar10-jpeg"
+    assert suite_text["grid"]["dataset"]["root"] == "cifar10-jpeg"  # under the data root
     assert json.loads((results / "runs" / rec["id"] / "cell.json").read_text())["config"]["dataset"]["root"] == str(
         cifar_jpeg_subset)
