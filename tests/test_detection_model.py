@@ -54,8 +54,8 @@ def test_a_checkpoint_is_a_whole_detector_or_a_backbone_and_nothing_else(tmp_pat
 
     backbone = resnet18(weights=None)  # an ImageNet classifier's state dict, fc included
     torch.save(backbone.state_dict(), tmp_path / "resnet18.pth")
-    fresh = build_detector(retinanet_resnet18_fpn, 3, torch.Generator().manual_seed(2),
-                           checkpoint=str(tmp_path / "resnet18.pth"))
+    fresh = build_detector(retinanet_resnet18_fpn, 3, torch.Generator().manual_seed(2))
+    assert load_checkpoint(fresh, str(tmp_path / "resnet18.pth")) == "backbone"
     assert torch.equal(fresh.backbone.body.layer3[0].conv1.weight, backbone.layer3[0].conv1.weight)
 
     torch.save({"something": torch.zeros(3)}, tmp_path / "other.pt")
