@@ -14,6 +14,7 @@ from ..claims import ClaimLost, describe
 from ..loggers import ConsoleProgress
 from ..runner import EpochCallback, Runtime, resolve_device, run_cell
 from ..store import Store
+from ..tasks import headline
 from ..cells import Cell
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ def record(summary: Summary, progress: ConsoleProgress, i: int, cell: Cell, out:
     if out.state == "done":
         summary.done.append(cell.id)
         if out.ran:
-            progress.done_cell(i, cell, (out.result or {}).get("final_acc", float("nan")), seconds)
+            value, metric = headline(out.result or {})
+            progress.done_cell(i, cell, value, seconds, metric)
         else:
             progress.console.print(f"skip {i}/{progress.n_cells} {cell.id}: finished by another process",
                                    highlight=False)

@@ -10,6 +10,7 @@ from typing import Any
 from .. import distributed
 from ..runner import Runtime
 from ..store import Store
+from ..tasks import headline
 from ..cells import Cell
 from .base import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_INTERRUPTED, run_one
 
@@ -54,8 +55,8 @@ def run_cell_process(cell: Cell, store: Store, rt: Runtime, die_with_parent: boo
     finally:  # called in-process too (tests, slurm tasks): leave the caller's handler as it was
         signal.signal(signal.SIGTERM, previous)
     if out.state == "done":
-        acc = (out.result or {}).get("final_acc", float("nan"))
-        say(f"{cell.id} {'done' if out.ran else 'was already done'}: final acc {acc:.2f}")
+        value, metric = headline(out.result or {})
+        say(f"{cell.id} {'done' if out.ran else 'was already done'}: final {metric} {value:.2f}")
         return EXIT_DONE
     if out.state == "elsewhere":
         say(f"{cell.id} is being run by {out.reason}; not started")

@@ -174,7 +174,7 @@ class LocalExecutor(Executor):
                 h = json.loads(line)
             except json.JSONDecodeError:  # a line being written
                 break
-            progress.epoch(h.get("epoch", 0), child.cell.train.epochs, h.get("test_acc", float("nan")))
+            progress.epoch(h.get("epoch", 0), child.cell.train.epochs, h.get("test_acc", h.get("test_map", float("nan"))))
             child.epochs_seen += 1
 
     @staticmethod
