@@ -17,10 +17,18 @@ from pydantic import ValidationError
 
 from .cells import Cell
 
-# the numbers every table, plot and fair report reads from a result
-RESULT_NUMBERS = ("final_acc", "best_acc_over_epochs", "epochs", "selection_seconds", "train_seconds",
-                  "samples_trained", "distinct_samples_seen", "train_size", "noisy_selected_frac_mean")
-FINITE = ("final_acc", "best_acc_over_epochs", "epochs", "samples_trained", "distinct_samples_seen", "train_size")
+# the numbers every table, plot and fair report reads from a result, besides its headline
+RESULT_NUMBERS = ("epochs", "selection_seconds", "train_seconds", "samples_trained", "distinct_samples_seen",
+                  "train_size", "noisy_selected_frac_mean")
+FINITE = ("epochs", "samples_trained", "distinct_samples_seen", "train_size")
+# a task's headline: (final value, best over epochs, the history's per-epoch key)
+HEADLINES = {"acc": ("final_acc", "best_acc_over_epochs", "test_acc"),
+             "mAP": ("final_map", "best_map_over_epochs", "test_map")}
+
+
+def headline_keys(result: dict[str, Any]) -> tuple[str, str, str]:
+    """Classification's top-1 keys, or detection's mAP keys (its results name their metric)."""
+    return HEADLINES["mAP" if result.get("metric") == "mAP" or "final_map" in result else "acc"]
 
 
 def _is_number(value: Any) -> bool:
@@ -50,12 +58,14 @@ def result_problem(result: Any) -> str | None:
     """Why this ``result.json`` content cannot be tabled (None: it can)."""
     if not isinstance(result, dict):
         return f"result.json: expected a JSON object, got {_shown(result)}"
-    for key in RESULT_NUMBERS:
+    final, best, _ = headline_keys(result)
+    for key in (final, best, *RESULT_NUMBERS):
         if key not in result:
             return f"result.json: missing '{key}'"
         value = result[key]
-        if not _is_number(value) or (key in FINITE and not math.isfinite(value)):
-            return f"result.json: {key}: expected a {'finite ' if key in FINITE else ''}number, got {_shown(value)}"
+        if not _is_number(value) or (key in (final, best, *FINITE) and not math.isfinite(value)):
+            finite = key in (final, best, *FINITE)
+            return f"result.json: {key}: expected a {'finite ' if finite else ''}number, got {_shown(value)}"
     if result["train_size"] <= 0:
         return f"result.json: train_size: expected > 0, got {_shown(result['train_size'])}"
     for key in ("cost_units", "proxy"):
@@ -69,16 +79,17 @@ def result_problem(result: Any) -> str | None:
     return None
 
 
-def history_problem(text: str, epochs: int) -> str | None:
-    """Why ``history.jsonl`` does not hold one line per epoch 0..epochs-1 (None: it does)."""
+def history_problem(text: str, epochs: int, per_epoch: str = "test_acc") -> str | None:
+    """Why ``history.jsonl`` does not hold one line per epoch 0..epochs-1, each with the
+    task's ``per_epoch`` number (None: it does)."""
     lines = text.splitlines()
     for i, line in enumerate(lines, 1):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             return f"history.jsonl: line {i} is not JSON (truncated?)"
-        if not isinstance(entry, dict) or entry.get("epoch") != i - 1 or not _is_number(entry.get("test_acc")):
-            return f"history.jsonl: line {i}: expected epoch {i - 1} with a test_acc, got {_shown(entry)}"
+        if not isinstance(entry, dict) or entry.get("epoch") != i - 1 or not _is_number(entry.get(per_epoch)):
+            return f"history.jsonl: line {i}: expected epoch {i - 1} with a {per_epoch}, got {_shown(entry)}"
     if len(lines) != epochs:
         return f"history.jsonl: {len(lines)} epochs, result.json reports {epochs} (truncated?)"
     return None

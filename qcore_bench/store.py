@@ -31,7 +31,7 @@ import torch
 from .cells import Cell
 from .claims import Claim, claim_timeout, describe, read_claim, remove_stale, stale_reason
 from .files import atomic_write, write_json
-from .integrity import cell_json_problem, history_problem, result_problem
+from .integrity import cell_json_problem, headline_keys, history_problem, result_problem
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class Store:
             problem = problem or result_problem(result)
             if problem is None:
                 history = d / "history.jsonl"
-                problem = history_problem(history.read_text() if history.is_file() else "", result["epochs"])
+                problem = history_problem(history.read_text() if history.is_file() else "", result["epochs"],
+                                          headline_keys(result)[2])
         except StoreError as exc:
             return str(exc).replace(f"{d}{os.sep}", "")
         except UnicodeDecodeError:
