@@ -10,6 +10,7 @@ line per event.
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn, Task, TaskID
@@ -25,6 +26,14 @@ def cell_label(cell: Cell) -> str:
     """A readable, glob-able name: dataset/model/bits/fraction/noise/method/seed."""
     return (f"{cell.dataset.label}/{cell.model_label}/w{cell.w_bits}a{cell.a_bits}/f{cell.fraction:g}/"
             f"{cell.noise.label}/{cell.method.name}/s{cell.seed}")
+
+
+def config_label(config: dict[str, Any]) -> str:
+    """The label of a stored cell config; '?' for a config an older version wrote."""
+    try:
+        return cell_label(Cell.model_validate(config))
+    except ValueError:
+        return "?"
 
 
 def clock(seconds: float | None) -> str:
