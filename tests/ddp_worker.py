@@ -75,14 +75,19 @@ def check_training(shard, dev: torch.device) -> None:
     def distill(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return kd_loss(logits, teacher(x), 2.0)
 
-    def epoch(model: nn.Module, shard: distributed.Shard, e: int) -> float:
+    def by_hand(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reference's distillation loss, written out: T^2 x soft cross-entropy at T = 2."""
+        soft = torch.softmax(teacher(x) / 2.0, dim=1)
+        return -(soft * torch.log_softmax(logits / 2.0, dim=1)).sum(dim=1) * 4.0
+
+    def epoch(model: nn.Module, shard: distributed.Shard, e: int, loss=None) -> float:
         opt = make_optimizer(getattr(model, "module", model), Recipe(lr=0.1))
         return train_epoch(model, opt, data, images.train_y, indices, batch_size=5, augmented=True,
                            generator=torch.Generator().manual_seed(e), weights=weights, shard=shard,
-                           per_sample_loss=distill if e == 1 else None)
+                           per_sample_loss=loss if e == 1 else None)
 
-    for e in range(2):  # weighted cross-entropy, then weighted distillation
-        loss_one, loss_many = epoch(one, distributed.Shard(), e), epoch(many, shard, e)
+    for e in range(2):  # weighted cross-entropy, then weighted distillation: one process by hand, two with kd_loss
+        loss_one, loss_many = epoch(one, distributed.Shard(), e, by_hand), epoch(many, shard, e, distill)
         assert abs(loss_one - loss_many) < 1e-6, (e, loss_one, loss_many)
         for p, q in zip(one.parameters(), many.module.parameters()):
             assert torch.allclose(p, q, atol=1e-6), (e, p, q)

@@ -194,7 +194,7 @@ def test_store_refuses_to_write_a_cell_it_lost(tmp_path: Path) -> None:
     fake_claim(path, host="node2")  # taken over by node2
     with pytest.raises(ClaimLost, match="node2"):
         store.heartbeat("abc")
-    with pytest.raises(ClaimLost):
+    with pytest.raises(ClaimLost, match="node2"):
         store.save_checkpoint("abc", {"history": []}, {"epoch": 0})
     assert not (store.dir("abc") / "ckpt.pt").exists()
     store.release("abc")

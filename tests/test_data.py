@@ -34,7 +34,7 @@ def test_loader_params_are_explicit_so_suites_can_be_validated(loader, tmp_path)
     params = inspect.signature(loader).parameters
     assert list(params)[:2] == ["root", "cache_dir"]
     assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params.values())
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="no_such_param"):
         inspect.signature(loader).bind(None, tmp_path, no_such_param=1)
 
 
@@ -71,7 +71,7 @@ def test_synthetic_params_shape_the_data(tmp_path):
     assert data.train_x.shape == (50, 3, 16, 16) and data.test_x.shape == (20, 3, 16, 16)
     assert sorted(data.train_y.unique().tolist()) == [0, 1, 2, 3, 4]
     assert torch.bincount(data.train_y).tolist() == [10] * 5
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match="synthetic: num_classes must be >= 2, got 1"):
         load_synthetic(None, tmp_path, num_classes=1)
 
 
@@ -207,7 +207,7 @@ def test_imagefolder_on_real_cifar10_jpegs(tmp_path):
 
 
 def test_cifar_missing_files_say_where_and_how(tmp_path, monkeypatch):
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(DatasetError, match="cifar-10-batches-py") as err:
         load_cifar10(str(tmp_path), tmp_path)
     message = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py") in message
@@ -256,7 +256,7 @@ def test_rate_zero_changes_nothing(kind):
 
 @pytest.mark.parametrize(("kind", "rate"), [("asymmetric", 0.1), ("symmetric", 1.0), ("symmetric", -0.1), ("none", 0.2)])
 def test_label_noise_rejects_bad_settings(kind, rate):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown label noise kind 'asymmetric'|rate must be in \\[0, 1\\), got|'none' needs rate 0"):
         apply_label_noise(torch.zeros(10, dtype=torch.int64), 3, kind, rate, torch.Generator())
 
 
@@ -331,7 +331,7 @@ def test_normalize_numerics():
     assert out.dtype == torch.float32 and out.shape == x.shape
     expected = torch.tensor([[-0.4, 0.0, 1.6], [-2.0, -1.2, 2.0]]).view(1, 2, 1, 3).expand(2, 2, 1, 3)
     torch.testing.assert_close(out, expected)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need 2 mean and std values, got 1 and 1"):
         normalize(x, (0.5,), (0.5,))
 
 

@@ -140,8 +140,8 @@ def test_two_ranks_resume_a_cell_that_one_process_began(tmp_path: pathlib.Path) 
 
     def stop_after_epoch_1(epoch: int, total: int, acc: float) -> None:
         if epoch == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
+            raise KeyboardInterrupt("stopped after epoch 1")
+    with pytest.raises(KeyboardInterrupt, match="stopped after epoch 1"):
         run_cell(cell, store, Runtime(CPU, pathlib.Path(os.environ["QCORE_CACHE"])), on_epoch=stop_after_epoch_1)
     assert store.status(cell.id) == "interrupted"
 

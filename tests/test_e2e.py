@@ -70,9 +70,9 @@ def test_interrupted_cell_resumes_to_the_same_numbers(tmp_path: Path) -> None:
 
     def stop_after_two(epoch: int, total: int, acc: float) -> None:
         if epoch == 2:  # epoch 2 is a re-selection epoch of acs: it must resume past it
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("stopped after epoch 2")
     store = Store(tmp_path / "b")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped after epoch 2"):
         run_cell(cell, store, rt, on_epoch=stop_after_two)
     assert store.status(cell.id) == "interrupted" and not store.is_done(cell.id)
     epochs_run = []

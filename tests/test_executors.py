@@ -331,7 +331,7 @@ def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
 
     task = executors.SlurmTask()
     monkeypatch.setattr(executors, "run_cell", preempted)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="-1"):
         task(*args)
     store = Store(results)
     assert store.status(cell.id) == "interrupted"
@@ -409,7 +409,7 @@ def test_ctrl_c_stops_the_pool_cleanly_and_every_cell_resumes(tmp_path: Path, st
     assert "interrupted" in status.values() and set(status.values()) <= {"interrupted", "pending", "done"}, status
     for log in results.glob("runs/*/claims.log"):
         assert not (log.parent / "claim.json").exists()
-        with pytest.raises(ProcessLookupError):
+        with pytest.raises(ProcessLookupError, match="No such process"):
             os.kill(json.loads(log.read_text().splitlines()[-1])["pid"], 0)  # no orphaned cell process
     out = subprocess.run(run_cmd(suite, results), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and f"{2 - list(status.values()).count('done')} to run" in out.stderr, out.stderr

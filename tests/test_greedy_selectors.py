@@ -164,7 +164,7 @@ def test_glister_is_deterministic_for_a_seed() -> None:
 def test_glister_rejects_bad_parameters() -> None:
     for bad in [{"source": "oracle"}, {"greedy": "exact"}, {"eta": 0}, {"epsilon": 1.0}, {"validation": "test"},
                 {"val_fraction": 1.5}, {"proxy_epochs": 0}]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be"):
             GlisterSelector(**bad)
 
 
@@ -247,7 +247,7 @@ def test_moderate_balanced_budgets_and_bad_parameters() -> None:
     sel = ModerateSelector(source="proxy").select(ctx)
     assert torch.bincount(labels[sel.indices], minlength=4).tolist() == ctx.class_budgets.tolist()
     for bad in [{"variant": "paper"}, {"centre": "mode"}, {"window": "local"}, {"source": "student"}]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be one of"):
             ModerateSelector(**bad)
 
 
@@ -335,7 +335,7 @@ def test_kcenter_first_centre_follows_the_seed_and_budgets_hold() -> None:
     assert torch.bincount(labels[sel.indices], minlength=3).tolist() == ctx.class_budgets.tolist()
     again = KCenterSelector().select(context(logits, feats, labels, fraction=0.1, balanced=True, seed=3))
     assert sel.indices.tolist() == again.indices.tolist()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^source must be one of .* got 'oracle'"):
         KCenterSelector(source="oracle")
 
 

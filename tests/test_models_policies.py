@@ -105,7 +105,7 @@ def test_published_weights_come_from_the_hub_cache_or_a_clear_error(tmp_path: pa
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     model = build(resnet18_imagenet, 10, 3, gen())
     expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    with pytest.raises(WeightsError) as err:
+    with pytest.raises(WeightsError, match="never downloads") as err:
         load_weights(model, resnet18_imagenet, "resnet18_imagenet")
     message = str(err.value)
     assert str(expected) in message and "never downloads" in message

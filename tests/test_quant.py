@@ -286,7 +286,7 @@ def test_unsupported_bits_raise(fp_model, w_bits, a_bits):
 
 
 def test_bad_first_last_and_double_quantization_raise(fp_model):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="first_last must be 'fp' or '8bit', got 'int8'"):
         quantize_model(fp_model, 4, 4, first_last="int8")
     with pytest.raises(ValueError, match="already quantized"):
         quantize_model(quantize_model(fp_model, 4, 4), 4, 4)

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from scipy import stats
 
 from qcore_bench.cli import main
-from qcore_bench.report import frame, render, summarize
+from qcore_bench.report import fair_report, frame, render, summarize
 
 ACC = {  # method -> fraction -> per-seed final accuracy
     "full": {1.0: [90.0, 91.0, 92.0]},
@@ -119,3 +120,91 @@ def test_table_command_writes_md_tex_csv_png(tmp_path: Path) -> None:
     csv = (out / "tables.csv").read_text().splitlines()
     assert csv[0].startswith("dataset,model,bits,noise,budget,method,fraction")
     assert len(csv) == 1 + 2 * 8  # two budget modes x (full, random, acs, el2n) x 2 fractions
+
+
+def varied_records() -> list[dict]:
+    """Both budget modes, with cost, coverage and noise numbers that differ by method, seed and mode."""
+    recs = []
+    for budget, shift, more in (("per_epoch_fraction", 0.0, 0), ("total_compute", 1.5, 4)):
+        for k, (method, by_f) in enumerate(ACC.items()):
+            for f, accs in by_f.items():
+                for seed, acc in enumerate(accs):
+                    r = record(method, f, seed, acc + shift * (k - seed), budget, epochs=10 + k * seed + more)
+                    r["result"].update(
+                        distinct_samples_seen=20 + 7 * k + 11 * seed, noisy_selected_frac_mean=0.01 * (k + 1) + 0.03 * seed,
+                        selection_seconds=0.2 * k + seed, train_seconds=2.0 + k + 0.5 * seed,
+                        cost_units={"total": 400 + 10 * seed, "selection": 5 * k + seed, "proxy": 3 * seed},
+                        proxy={"keys": {r["id"]: 1.0 + k + 2 * seed}})  # a proxy of its own: not amortised
+                    recs.append(r)
+    return recs
+
+
+def expected_delta(a: pd.Series, b: pd.Series) -> str:
+    """The paired interval of fair.md's Δ, from scipy on the per-seed differences."""
+    d = (a - b).to_numpy()
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    return f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}]" + ("*" if low > 0 or high < 0 else "")
+
+
+def fair_rows(text: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    return {cells[0]: dict(zip(header[1:], cells[1:]))
+            for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}
+
+
+def test_fair_md_numbers_match_pandas_and_scipy() -> None:
+    recs = varied_records()
+    rows = fair_rows(fair_report(frame(recs)))
+    raw = pd.DataFrame([{**r["config"], **r["result"], "method": r["config"]["method"]["name"],
+                         "budget": r["config"]["budget"]["mode"]} for r in recs])
+    checked = 0
+    for (method, fraction), g in raw.groupby(["method", "fraction"]):
+        for f in ([0.1, 0.3] if method == "full" else [fraction]):
+            row = rows[f"{f:.0%} {method}"]
+            for mode, column in (("per_epoch_fraction", "acc @ equal fraction"), ("total_compute", "acc @ equal compute")):
+                m = g[g.budget == mode].set_index("seed")["final_acc"]
+                want = f"{m.mean():.2f} ± {m.std(ddof=1):.2f}"
+                if method not in ("random", "full"):
+                    ref = raw[(raw.method == "random") & (raw.fraction == f) & (raw.budget == mode)]
+                    want += f" (Δ {expected_delta(m, ref.set_index('seed')['final_acc'])})"
+                assert row[column] == want, (method, f, column)
+            assert row["epochs @ equal compute"] == f"{g[g.budget == 'total_compute'].epochs.mean():.1f}"
+            assert row["distinct seen"] == f"{(g.distinct_samples_seen / g.train_size).mean():.0%}"
+            share = g.cost_units.map(lambda u: (u["selection"] + u["proxy"]) / u["total"]).mean()
+            assert row["selection cost share"] == f"{share:.1%}"
+            assert row["noisy in subset"] == f"{g.noisy_selected_frac_mean.mean():.1%}"
+            checked += 1
+    assert checked == 8 and rows["10% el2n"]["acc @ equal fraction"].endswith("*)")  # a significant Δ, marked
+
+
+def test_welch_delta_is_method_minus_reference_as_scipy_says() -> None:
+    recs = records()
+    for r in recs:
+        if r["config"]["method"]["name"] == "el2n":
+            r["config"]["seed"] += 10
+    long = summarize(frame(recs))
+    row = long.query("method == 'el2n' and fraction == 0.1").iloc[0]
+    res = stats.ttest_ind(ACC["el2n"][0.1], ACC["random"][0.1], equal_var=False)
+    assert not row["paired"] and row["delta"] == pytest.approx(np.mean(ACC["el2n"][0.1]) - np.mean(ACC["random"][0.1]))
+    assert row["delta"] < 0 and row["p_value"] == pytest.approx(res.pvalue)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(res.confidence_interval(0.95)))
+    md = render(long)["md"]
+    assert "Δ vs random (Welch, 95% CI)" in md and f"{row['delta']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]*" in md
+
+
+def test_table_entries_and_extras_are_the_means_a_user_reads() -> None:
+    recs = [r for r in varied_records() if r["config"]["budget"]["mode"] == "per_epoch_fraction"]
+    md = render(summarize(frame(recs)), extras=True)["md"]
+    tables = md.split("### ")[1]
+    accuracy, deltas, extras = (fair_rows(part) for part in tables.split("\n\n")[1::2][:3])
+    raw = pd.DataFrame([{**r["result"], "method": r["config"]["method"]["name"], "fraction": r["config"]["fraction"],
+                         "seed": r["config"]["seed"]} for r in recs])
+    g = raw[(raw.method == "acs") & (raw.fraction == 0.3)]
+    ref = raw[(raw.method == "random") & (raw.fraction == 0.3)]
+    assert accuracy["acs"]["30%"].strip("*") == f"{g.final_acc.mean():.2f} ± {g.final_acc.std(ddof=1):.2f}"
+    assert deltas["acs"]["30%"] == expected_delta(g.set_index("seed").final_acc, ref.set_index("seed").final_acc)
+    assert extras["acs"]["30%"] == (
+        f"sel {g.selection_seconds.mean():.1f}s, proxy {g.proxy.map(lambda p: sum(p['keys'].values())).mean():.1f}s, "
+        f"train {g.train_seconds.mean():.1f}s, "
+        f"noisy {g.noisy_selected_frac_mean.mean():.1%}, seen {(g.distinct_samples_seen / g.train_size).mean():.0%}")

@@ -32,8 +32,8 @@ def test_each_cell_gets_one_wandb_run_and_a_resumed_cell_reuses_it(tmp_path: Pat
 
     def stop(epoch: int, total: int, acc: float) -> None:
         if epoch == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
+            raise KeyboardInterrupt("stopped after epoch 1")
+    with pytest.raises(KeyboardInterrupt, match="stopped after epoch 1"):
         run_cell(cells[1], store, rt, on_epoch=stop)
     first = (store.dir(cells[1].id) / "wandb_id").read_text()
     run_cell(cells[1], store, rt)
