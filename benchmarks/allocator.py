@@ -32,7 +32,7 @@ from selection import cpu_model, models, synthetic_data  # noqa: E402
 from qcore_bench.allocator import OPT_OUT, keep_freed_memory  # noqa: E402
 from qcore_bench.data.device import TensorData  # noqa: E402
 from qcore_bench.selection import compute_outputs  # noqa: E402
-from qcore_bench.suite import Train  # noqa: E402
+from qcore_bench.schema import Train  # noqa: E402
 from qcore_bench.training import make_optimizer, train_epoch  # noqa: E402
 
 

@@ -43,7 +43,7 @@ from qcore_bench.registry import registry  # noqa: E402
 from qcore_bench.selection import Outputs, SelectionContext, compute_outputs  # noqa: E402
 from qcore_bench.selectors.acs import ACSSelector  # noqa: E402
 from qcore_bench.training import make_optimizer, train_epoch  # noqa: E402
-from qcore_bench.suite import Train  # noqa: E402
+from qcore_bench.schema import Train  # noqa: E402
 
 SCORING = ("acs", "el2n", "grand", "forgetting", "uncertainty", "glister", "moderate", "kcenter",
            "contextual_diversity")

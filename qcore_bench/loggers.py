@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import Progress, ProgressColumn, Task, TaskID
 from rich.text import Text
 
+from .cells import Cell
 from .events import Phase, PhaseHandler
-from .suite import Cell
 
 BAR = 20
 # a teacher's or proxy's start or end, as ``run-cell`` prints it: "<cell id> teacher resnet8: training, 30 epochs"

@@ -28,7 +28,7 @@ from .quant import calibrate, quantize_model
 from .registry import registry
 from .seeding import make_generator
 from .selection import Outputs, ProxyRecipe, ProxyRun, compute_outputs
-from .suite import Cell
+from .cells import Cell
 from .training import DeviceData, autocast, make_optimizer, make_scheduler, precision, to_device, train_epoch
 
 

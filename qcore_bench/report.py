@@ -22,7 +22,7 @@ from scipy import stats
 
 from .data.catalog import display_name
 from .files import atomic_write
-from .suite import spec_label
+from .schema import spec_label
 
 GROUP = ["dataset", "model", "bits", "noise", "budget"]
 MIN_CI_SEEDS = 3  # fewer differences give no interval worth printing

@@ -42,7 +42,8 @@ from .provenance import pinned_threads, provenance
 from .proxy import ProxyTrainer
 from .selection import Outputs, SelectionContext, compute_outputs, validate_selection
 from .store import Store
-from .suite import Cell, DatasetSpec
+from .cells import Cell
+from .schema import DatasetSpec
 from .teacher import OutputCache, get_teacher
 from .wandb_log import WandbCfg, WandbRun
 from .training import autocast, evaluate, kd_loss, make_optimizer, make_scheduler, to_device, train_epoch

@@ -29,7 +29,7 @@ import torch
 
 from .claims import Claim, claim_timeout, describe, read_claim, remove_stale, stale_reason
 from .files import atomic_write, write_json
-from .suite import Cell
+from .cells import Cell
 
 log = logging.getLogger(__name__)
 

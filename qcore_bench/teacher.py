@@ -31,7 +31,8 @@ from .registry import registry
 from .seeding import make_generator
 from .selection import Outputs, compute_outputs
 from .files import atomic_write
-from .suite import Cell, ModelSpec
+from .cells import Cell
+from .schema import ModelSpec
 from .training import (DeviceData, autocast, evaluate, make_optimizer, make_scheduler, precision, to_device,
                        train_epoch)
 

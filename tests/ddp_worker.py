@@ -61,7 +61,7 @@ def check_training(shard, dev: torch.device) -> None:
     from qcore_bench import distributed
     from qcore_bench.data.device import TensorData
     from qcore_bench.data.synthetic import load_synthetic
-    from qcore_bench.suite import Recipe
+    from qcore_bench.recipes import Recipe
     from qcore_bench.training import evaluate, kd_loss, make_optimizer, train_epoch
 
     images = load_synthetic(None, Path("."), n_train=24, n_test=11, num_classes=3, image_size=4)

@@ -26,7 +26,7 @@ from qcore_bench.models import build
 from qcore_bench.models.resnet import resnet8
 from qcore_bench.quant import calibrate, quantize_model
 from qcore_bench.training import TrainingError, evaluate, make_optimizer, train_epoch
-from qcore_bench.suite import Recipe
+from qcore_bench.recipes import Recipe
 
 CPU = torch.device("cpu")
 COLORS = ((200, 40, 40), (40, 200, 40), (40, 40, 200))

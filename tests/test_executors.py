@@ -312,7 +312,7 @@ def test_slurm_builds_one_job_array_whose_tasks_run_the_cells(tmp_path: Path, mo
 
 def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: dict) -> None:
-    from qcore_bench import executors
+    from qcore_bench.executors import base, slurm
     from qcore_bench.suite import expand, load_suite
 
     cell = next(c for c in expand(load_suite(scale_suite(tmp_path / "s.yaml"))) if c.method.name == "acs")
@@ -321,7 +321,7 @@ def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
     args = (payload, str(results), str(tmp_path / "cache"), "cpu", 1024, 60.0)
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
-    real = executors.run_cell
+    real = base.run_cell
 
     def preempted(*a: object, on_epoch: object = None) -> dict:
         def signal_at_epoch_2(epoch: int, total: int, acc: float) -> None:
@@ -329,8 +329,8 @@ def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
                 raise SystemExit(-1)  # what submitit does after requeueing on USR2
         return real(*a, on_epoch=signal_at_epoch_2)
 
-    task = executors.SlurmTask()
-    monkeypatch.setattr(executors, "run_cell", preempted)
+    task = slurm.SlurmTask()
+    monkeypatch.setattr(base, "run_cell", preempted)
     with pytest.raises(SystemExit, match="-1"):
         task(*args)
     store = Store(results)
@@ -338,11 +338,11 @@ def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
     # the node vanished without cleaning up: its claim still looks alive to anyone but the requeued task
     (store.dir(cell.id) / "claim.json").write_text(json.dumps(
         {"host": "node3", "pid": 999, "owner": "slurm:77_1", "token": "x", "heartbeat": time.time()}))
-    monkeypatch.setattr(executors, "run_cell", real)
+    monkeypatch.setattr(base, "run_cell", real)
     requeued = task.checkpoint(*args)  # submitit pickles this and requeues it
     assert requeued.function is task and requeued.args == args
     epochs = []
-    monkeypatch.setattr(executors, "run_cell", lambda *a, on_epoch=None: real(
+    monkeypatch.setattr(base, "run_cell", lambda *a, on_epoch=None: real(
         *a, on_epoch=lambda e, t, acc: epochs.append(e)))
     assert requeued.result()["state"] == "done"
     assert epochs == [2, 3, 4, 5]  # resumed after the two checkpointed epochs

@@ -105,10 +105,15 @@ def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
+def forbidden(deps: set[str]) -> list[str]:
+    """The forbidden modules among ``deps``, a package's submodules included (``qcore_bench.cli.run``)."""
+    return sorted(d for d in deps if any(d == f or d.startswith(f + ".") for f in FORBIDDEN_FOR_SELECTORS))
+
+
 def test_selectors_import_only_the_contract_and_shared_selector_code() -> None:
     graph = import_graph()
-    offenders = {m: sorted(deps & FORBIDDEN_FOR_SELECTORS) for m, deps in graph.items()
-                 if m.startswith("qcore_bench.selectors") and deps & FORBIDDEN_FOR_SELECTORS}
+    offenders = {m: forbidden(deps) for m, deps in graph.items()
+                 if m.startswith("qcore_bench.selectors") and forbidden(deps)}
     assert offenders == {}
     # and nothing they import reaches those modules either
     reach: dict[str, set[str]] = {}
@@ -119,8 +124,19 @@ def test_selectors_import_only_the_contract_and_shared_selector_code() -> None:
             for d in graph.get(m, ()):
                 reach[m] |= {d} | closure(d)
         return reach[m]
-    indirect = {m: sorted(closure(m) & FORBIDDEN_FOR_SELECTORS) for m in graph if m.startswith("qcore_bench.selectors")}
+    indirect = {m: forbidden(closure(m)) for m in graph if m.startswith("qcore_bench.selectors")}
     assert {m: v for m, v in indirect.items() if v} == {}
+
+
+def test_forbidden_modules_include_the_submodules_of_packages() -> None:
+    assert forbidden({"qcore_bench.executors.local", "qcore_bench.cli", "qcore_bench.selection"}) == \
+        ["qcore_bench.cli", "qcore_bench.executors.local"]
+
+
+def test_no_module_is_much_over_400_lines() -> None:
+    """Modules are split by what they hold before they grow past a screenful of screens."""
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 420} == {}
 
 
 def test_wandb_is_imported_only_when_enabled() -> None:

@@ -1,0 +1,31 @@
+"""qcore-bench command line: run, run-cell, validate, plan, ls, table, plot, sync.
+
+Bad input is one line on stderr naming the file and key, exit code 2, nothing written.
+One module per command group: ``run`` (run, run-cell), ``plan`` (validate, plan, ls),
+``report`` (table, plot, sync); ``common`` holds what they share.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..allocator import keep_freed_memory
+from .plan import ls, plan, validate
+from .report import plot, sync, table
+from .run import run, run_cell_cmd
+
+
+@click.group()
+@click.version_option(package_name="qcore-bench")
+def main() -> None:
+    """Coreset selection for quantization-aware training, benchmarked."""
+    # warnings of the library (a claim taken over, a damaged checkpoint set aside) as one stderr line each
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting it in again
+
+
+
+for command in (run, run_cell_cmd, validate, plan, ls, table, plot, sync):
+    main.add_command(command)

@@ -1,0 +1,94 @@
+"""``validate``, ``plan`` and ``ls``: what a suite holds and where it stands, what the registries hold."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import click
+
+from ..registry import GROUPS, registry
+from .common import RESULTS, claim_timeout_arg, fail, stored_label, suite_cells
+
+@click.command()
+@click.argument("suite", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def validate(suite: str, overrides: tuple[str, ...]) -> None:
+    """Check SUITE and print its number of cells; nothing runs."""
+    spec, cells = suite_cells(suite, overrides)
+    click.echo(f"{suite}: ok, suite '{spec.name}' has {len(cells)} cells")
+
+
+@click.command()
+@click.argument("suite", type=click.Path())
+@RESULTS
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
+    """One line per cell of SUITE with its status in the results folder.
+
+    pending, running (with its holder), interrupted (resumes), failed (with the reason),
+    done; then the stored cells of this suite that it no longer contains.
+    """
+    from ..claims import describe
+    from ..store import Store
+
+    spec, cells = suite_cells(suite, overrides)
+    store = Store(results, claim_timeout_arg(None))
+    click.echo("id            dataset   model     bits  fraction noise          method        seed status")
+    for c in cells:
+        status = store.status(c.id)
+        note = ""
+        if status == "failed":
+            note = f"  ({store.read_status(c.id).get('reason', '?')})"
+        elif status == "running":
+            note = f"  ({describe(store.holder(c.id) or {})})"
+        click.echo(f"{c.id}  {c.dataset.label:9} {c.model_label:9} {c.bits:5} {c.fraction:<8g} {c.noise.label:14} "
+                   f"{c.method.name:13} {c.seed:<4} {status}{note}")
+    ids = {c.id for c in cells}
+    gone = {cid: cfg for cid, cfg in store.stored().items() if cid not in ids and cfg.get("suite") == spec.name}
+    if gone:
+        click.echo(f"\n{len(gone)} stored cells of suite '{spec.name}' are not in it any more "
+                   "(edited since they ran; `run --clear ID` discards one):")
+        for cid, cfg in sorted(gone.items()):
+            click.echo(f"{cid}  {stored_label(cfg) or '(config of an older version)'}  {store.status(cid)}")
+
+
+@click.command("ls")
+@click.argument("kind", type=click.Choice([*GROUPS, "methods"]))
+@click.argument("pattern", default="*")
+@click.option("--suite", "suite_path", type=click.Path(dir_okay=False), default=None,
+              help="methods: also the presets in the methods/ folder beside this suite.")
+def ls(kind: str, pattern: str, suite_path: str | None) -> None:
+    """What a registry holds (selectors, datasets, models, methods), with each entry's source.
+
+    Method presets come from the built-in methods/ folder, the folders in $QCORE_METHODS and,
+    with --suite, the methods/ folder beside that suite.
+    """
+    if kind == "methods":
+        from ..presets import PresetError, presets
+        from ..registry import natural_key
+
+        try:
+            found = presets(suite_path)
+        except PresetError as exc:
+            fail(str(exc))
+        names = sorted(fnmatch.filter(found, pattern), key=natural_key)
+        if not names:
+            fail(f"no methods match '{pattern}'")
+        for name in names:
+            p = found[name]
+            click.echo(f"{name:24} {p.selector:20} {p.source:10} {p.description}")
+        return
+    reg = registry(kind)
+    names = reg.names(pattern)
+    deepcore: list[str] = []
+    if kind == "selectors":  # deepcore:<Method> for each method of a DeepCore checkout on PYTHONPATH
+        from ..selectors.deepcore import SOURCE, available_methods
+
+        deepcore = fnmatch.filter([f"deepcore:{m}" for m in available_methods()], pattern)
+    if not names and not deepcore:
+        fail(f"no {kind} match '{pattern}'")
+    for name in names:
+        entry = reg.entries[name]
+        click.echo(f"{name:24} {entry.package:16} {entry.target}")
+    for name in deepcore:
+        click.echo(f"{name:24} {SOURCE:16} deepcore.methods.{name.removeprefix('deepcore:')}")

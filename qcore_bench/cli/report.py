@@ -1,0 +1,107 @@
+"""``table``, ``plot`` and ``sync``: finished runs into tables and plots, offline W&B runs uploaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import RESULTS, fail, suite_cells
+
+REPORT_OPTIONS = [
+    click.option("--suite", "suite_name", default=None,
+                 help="Only the cells of this suite: a suite file (its cells, shared ones included) or a name."),
+    click.option("--metric", type=click.Choice(["final", "best"]), default="final", show_default=True,
+                 help="final: last-epoch accuracy (the headline); best: best over epochs, labelled as such."),
+]
+
+
+def _report_options(fn: Any) -> Any:
+    for option in reversed(REPORT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _frame(results: str, suite_name: str | None, from_wandb: str | None = None, both_modes: bool = False) -> Any:
+    from ..report import frame
+    from ..store import Store
+
+    if from_wandb:
+        from ..wandb_log import records_from_wandb
+
+        df = frame(records_from_wandb(from_wandb, group=suite_name), suite_name)
+        source = f"W&B project {from_wandb}"
+    else:
+        store = Store(results)
+        if suite_name and Path(suite_name).is_file():  # a suite file: its cells, whichever suite ran them first
+            modes = ("per_epoch_fraction", "total_compute") if both_modes else (None,)  # --fair: both budgets
+            ids = {c.id for mode in modes for c in suite_cells(suite_name, (f"budget.mode={mode}",) if mode else ())[1]}
+            df = frame((r for r in store.records() if r["id"] in ids))
+        else:
+            df = frame(store.records(), suite_name)
+        for problem in store.problems:  # damaged files: reported, never fatal for the other runs
+            click.echo(f"warning: {problem}", err=True)
+        source = results
+    if df.empty:
+        fail(f"{source}: no finished runs{f' of suite {suite_name}' if suite_name else ''}")
+    return df
+
+
+def _plots(results: str | None, df: Any, out: Path, metric: str) -> list[Path]:
+    """All plots; the noisy-share curves need local histories (none from W&B)."""
+    from ..plots import plot_all
+    from ..store import Store
+
+    store = Store(results) if results else None
+    return plot_all(df, {cid: store.history(cid) for cid in df["id"]} if store else {}, out, metric)
+
+
+@click.command()
+@RESULTS
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for tables and plots.")
+@_report_options
+@click.option("--format", "formats", default="md,tex,csv", show_default=True, help="Comma-separated: md, tex, csv.")
+@click.option("--vs", default="random", show_default=True, help="Reference method for the difference column.")
+@click.option("--extras", is_flag=True, help="Add selection/training time, noisy share kept and coverage.")
+@click.option("--fair", is_flag=True, help="Also write fair.md: equal fraction vs equal compute, coverage, cost.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Also write the plots (PNG and PDF).")
+@click.option("--from-wandb", "from_wandb", metavar="ENTITY/PROJECT", default=None,
+              help="Build the tables from a W&B project instead of the results folder (--suite: its group).")
+def table(results: str, out: str, suite_name: str | None, metric: str, formats: str, vs: str, extras: bool,
+          fair: bool, plots: bool, from_wandb: str | None) -> None:
+    """Aggregate finished runs into tables (printed as Markdown, written to OUT) and plots."""
+    from ..report import fair_report, render, summarize, write_reports
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in ("md", "tex", "csv")]
+    if bad:
+        fail(f"--format: unknown format '{bad[0]}'; expected md, tex or csv")
+    df = _frame(results, suite_name, from_wandb, both_modes=fair)
+    click.echo(render(summarize(df, metric, vs), metric, vs, extras)["md"])
+    if fair:
+        click.echo(fair_report(df, vs))
+    paths = write_reports(df, Path(out), fmts, metric, vs, extras, fair)
+    if plots:
+        paths += _plots(None if from_wandb else results, df, Path(out), metric)
+    click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
+
+
+@click.command()
+@RESULTS
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the plots.")
+@_report_options
+def plot(results: str, out: str, suite_name: str | None, metric: str) -> None:
+    """Plots only: accuracy vs fraction, vs noise, vs cost; noisy share of the subsets over epochs."""
+    paths = _plots(results, _frame(results, suite_name), Path(out), metric)
+    click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
+
+
+@click.command()
+@RESULTS
+def sync(results: str) -> None:
+    """Upload the offline W&B runs of a results folder (wandb sync)."""
+    from ..wandb_log import sync as wandb_sync
+
+    dirs = wandb_sync(Path(results))
+    click.echo(f"synced {len(dirs)} offline W&B runs from {results}", err=True)
