@@ -34,11 +34,11 @@ def cell_label(cell: Cell) -> str:
 
 
 def config_label(config: dict[str, Any]) -> str:
-    """The label of a stored cell config; '?' for a config an older version wrote."""
+    """The glob-able label of a stored cell config; '' for a config an older version wrote."""
     try:
         return cell_label(Cell.model_validate(config))
     except ValueError:
-        return "?"
+        return ""
 
 
 def clock(seconds: float | None) -> str:
@@ -142,7 +142,8 @@ def epoch_line(cell_id: str, epoch: int, total: int, acc: float) -> str:
 
 class CellLog:
     """A cell's log.txt when it runs in this process (inline executor): the lines ``run-cell`` prints
-    under the local pool, so that every executor leaves the same log."""
+    under the local pool, so that every executor leaves the same log. Opened at the first line, so
+    a cell that another process holds gets nothing appended."""
 
     def __init__(self, folder: Path, cell_id: str, header: str) -> None:
         self.path, self.cell_id, self.header = folder / "log.txt", cell_id, header
@@ -150,9 +151,6 @@ class CellLog:
         self.phases = PhaseHandler(lambda phase: self.write(f"{self.cell_id} {phase}"))
 
     def __enter__(self) -> "CellLog":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a")
-        self.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}")
         self.phases.__enter__()
         return self
 
@@ -162,9 +160,12 @@ class CellLog:
             self.file.close()
 
     def write(self, line: str) -> None:
-        if self.file is not None:
-            self.file.write(line + "\n")
-            self.file.flush()
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a")
+            self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
+        self.file.write(line + "\n")
+        self.file.flush()
 
     def epoch(self, epoch: int, total: int, acc: float) -> None:
         self.write(epoch_line(self.cell_id, epoch, total, acc))

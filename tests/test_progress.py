@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import write_suite
 from rich.console import Console
@@ -43,7 +44,8 @@ def test_the_live_line_fits_an_80_column_terminal_with_whole_fields(tmp_path: Pa
         assert (LABEL in line) == label_shown and "imagefolder(max_test=2000,max_tr" not in line.replace(LABEL, "")
 
 
-def test_redirected_output_has_one_unwrapped_line_per_event(tmp_path: Path) -> None:
+def test_redirected_output_has_one_unwrapped_line_per_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QCORE_CACHE", str(tmp_path / "cache"))  # the teacher and the proxy are trained here
     suite = write_suite(tmp_path / "s.yaml", method=["full", {"name": "el2n", "params": {"proxy_epochs": 2}}])
     res = CliRunner().invoke(main, ["run", str(suite), "--results", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
