@@ -123,8 +123,9 @@ class ConsoleProgress:
         else:
             self.progress.update(self.task, epoch=f"{phase.what.split()[0]} {phase.epoch}/{phase.total}")
 
-    def done_cell(self, i: int, cell: Cell, final_acc: float, seconds: float) -> None:
-        self.line("done", "green", f"{i}/{self.n_cells} {cell.id} {cell_label(cell)}: final acc {final_acc:.2f}% "
+    def done_cell(self, i: int, cell: Cell, final_acc: float, seconds: float, metric: str = "acc") -> None:
+        """A finished cell's line with its headline (``metric`` "acc": top-1, "mAP": detection)."""
+        self.line("done", "green", f"{i}/{self.n_cells} {cell.id} {cell_label(cell)}: final {metric} {final_acc:.2f}% "
                                    f"({seconds:.1f}s)")
 
     def failed_cell(self, i: int, cell: Cell, reason: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .files import atomic_write
-from .report import GROUP, METRICS, method_order, title
+from .report import DETECTION_METRIC, GROUP, METRICS, method_order, title
 
 BAND = "shaded: ±1 std over seeds"
 
@@ -82,12 +82,14 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
     palette = plt.get_cmap("tab10")
     colors = {m: "k" if m in full else palette(i % 10) for i, m in enumerate(order)}  # the same in every figure
     band = (Patch(color="grey", alpha=0.2), BAND)
-    label = f"{'final-epoch' if metric == 'final' else 'best-over-epochs'} test top-1 (%)"
-    stats = (df.groupby([*GROUP, "dataset_display", "noise_rate", "method", "fraction", "full"], sort=False)
+    when = 'final-epoch' if metric == 'final' else 'best-over-epochs'
+    labels = {"top-1": f"{when} test top-1 (%)", "mAP": f"{when} {DETECTION_METRIC}"}
+    stats = (df.groupby([*GROUP, "dataset_display", "metric", "noise_rate", "method", "fraction", "full"], sort=False)
              .agg(mean=(col, "mean"), std=(col, "std"), cost=("cost_units", "mean")).fillna({"std": 0.0})
              .reset_index())
 
     for key, g in stats.groupby(GROUP, sort=False):
+        label = labels[g["metric"].iloc[0]]
         fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
         for method, m in g[~g.full].groupby("method", sort=False):
             m = m.sort_values("fraction")
@@ -112,6 +114,7 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
         if g["noise_rate"].nunique() < 2:
             continue
         fractions = sorted(g.loc[~g.full, "fraction"].unique())
+        label = labels[g["metric"].iloc[0]]
         fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False)
         for ax, f in zip(axes[0], fractions):
             for method, m in pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]]).groupby("method", sort=False):
@@ -129,7 +132,8 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
         fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False)
         for ax, f in zip(axes[0], fractions):
             for method, m in g[g.fraction == f].groupby("method", sort=False):
-                rows = [{"epoch": h["epoch"], "noisy": h["selected_noisy_frac"]}
+                # detection: the share of flipped boxes in the selected images, comparable to the noise rate
+                rows = [{"epoch": h["epoch"], "noisy": h.get("selected_noisy_boxes_frac", h["selected_noisy_frac"])}
                         for cid in m["id"] for h in histories.get(cid, []) if "selected_noisy_frac" in h]
                 if rows:
                     curve = pd.DataFrame(rows).groupby("epoch")["noisy"].mean()

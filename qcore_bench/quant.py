@@ -304,7 +304,8 @@ def quantize_model(
 ) -> nn.Module:
     """Deep copy of ``model`` with its Conv2d/Linear layers replaced by LSQ-quantized versions.
 
-    The stem ``conv1`` and classifier ``fc`` stay full precision (``first_last="fp"``) or
+    The stem ``conv1`` and classifier ``fc`` (a model's ``edge_layers`` where it lists them:
+    a detector's stem and final predictor convs) stay full precision (``first_last="fp"``) or
     use W8/A8 (``"8bit"``; the stem's input is a normalised image, so its activation
     quantizer is signed). ``policy`` picks the other layers quantized at W/A:
     "all": every Conv2d/Linear (shortcut/downsample convs only if ``quantize_downsample``);
@@ -331,20 +332,21 @@ def quantize_model(
         raise ValueError(f"policy 'weight_only_blocks' keeps activations full precision: use bits {w_bits}/32")
     qmodel = copy.deepcopy(model)
     signed = getattr(qmodel, "signed_inputs", frozenset())
+    edges = tuple(getattr(qmodel, "edge_layers", ("conv1", "fc")))  # stem first, then the final predictor(s)
     replacements: dict[str, nn.Module] = {}
     for name, module in qmodel.named_modules():
         if isinstance(module, (QConv2d, QLinear)):
             raise ValueError(f"model is already quantized (module {name!r})")
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
-        if name in ("conv1", "fc"):
+        if name in edges:
             if first_last == "8bit":
-                replacements[name] = _quantize_layer(module, 8, 8, act_signed=(name == "conv1"))
+                replacements[name] = _quantize_layer(module, 8, 8, act_signed=(name == edges[0]))
             continue
         bits = _policy_bits(name, module, policy, w_bits, a_bits, quantize_downsample)
         if bits is not None:
             replacements[name] = _quantize_layer(module, *bits, act_signed=name in signed)
-    if policy != "all" and not any(name not in ("conv1", "fc") for name in replacements):
+    if policy != "all" and not any(name not in edges for name in replacements):
         raise ValueError(f"quantization policy {policy!r} quantizes no layer of {type(model).__name__}")
     for name, new in replacements.items():
         parent_name, _, child_name = name.rpartition(".")

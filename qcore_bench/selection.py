@@ -34,6 +34,70 @@ class Outputs:
         return self.logits.softmax(dim=1)
 
 
+REDUCTIONS = ("mean", "sum", "topk")
+
+
+def reduce_per_image(values: torch.Tensor, image: torch.Tensor, n: int, reduction: str = "mean",
+                     k: int = 10) -> torch.Tensor:
+    """Per-image reduction of per-anchor ``values`` (``image`` holds each value's image index):
+    "mean", "sum", or "topk" (the mean of the ``k`` largest); 0 for an image without values."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    values, image = values.float(), image.long()
+    out = torch.zeros(n, dtype=torch.float32, device=values.device)
+    if values.numel() == 0:
+        return out
+    if reduction == "topk":  # keep each image's k largest: sort by value, then stably by image
+        by_value = torch.sort(values, descending=True, stable=True).indices
+        grouped = by_value[torch.sort(image[by_value], stable=True).indices]
+        img = image[grouped]
+        rank = torch.arange(len(img), device=img.device) - torch.searchsorted(img, img, right=False)
+        keep = grouped[rank < k]
+        values, image = values[keep], image[keep]
+    out.index_add_(0, image, values)
+    if reduction != "sum":
+        count = torch.zeros(n, dtype=torch.float32, device=values.device).index_add_(
+            0, image, torch.ones_like(values))
+        out = out / count.clamp(min=1)
+    return out
+
+
+@dataclass(frozen=True)
+class AnchorTerms:
+    """A detector's per-anchor terms from one eval-mode pass over the un-augmented training images,
+    ragged per image (each term beside the index of its image): what detection selectors score.
+
+    ``evs_*``: the anchors matched to a ground-truth box (IoU >= 0.5): ``evs_cls`` =
+    ||sigmoid(class logits) - onehot(y)||_2 with y the (noisy) training label, ``evs_box`` = the L1
+    error of the box regression against its target. ``ds_*``: the anchors the FP teacher is
+    confident about: ||p - p_T||_2 and the L1 distance of the two regressions. ``entropy``: the
+    summed binary entropy of the class probabilities on the model's candidate anchors (max
+    probability >= 0.05, torchvision's score threshold).
+    """
+
+    n: int
+    evs_cls: torch.Tensor
+    evs_box: torch.Tensor
+    evs_image: torch.Tensor
+    ds_cls: torch.Tensor
+    ds_box: torch.Tensor
+    ds_image: torch.Tensor
+    entropy: torch.Tensor
+    entropy_image: torch.Tensor
+
+    def evs(self, box_weight: float = 1.0, reduction: str = "mean", k: int = 10) -> torch.Tensor:
+        """d_EVS per image: the reduction of class term + ``box_weight`` x box term over matched anchors."""
+        return reduce_per_image(self.evs_cls + box_weight * self.evs_box, self.evs_image, self.n, reduction, k)
+
+    def ds(self, box_weight: float = 1.0, reduction: str = "mean", k: int = 10) -> torch.Tensor:
+        """d_DS per image: the same over the teacher's confident anchors."""
+        return reduce_per_image(self.ds_cls + box_weight * self.ds_box, self.ds_image, self.n, reduction, k)
+
+    def uncertainty(self, reduction: str = "mean", k: int = 10) -> torch.Tensor:
+        """Mean (or other reduction of the) classification entropy per image over its candidate anchors."""
+        return reduce_per_image(self.entropy, self.entropy_image, self.n, reduction, k)
+
+
 class ProxyRecipe(Recipe):
     """How a proxy is trained: a training recipe, plus where it starts, whether it is quantized,
     and the length of the learning-rate schedule it follows.
@@ -55,7 +119,7 @@ class ProxyRun:
 
     correct: torch.Tensor  # bool [E, n]: prediction right at the sample's visit, before the update
     losses: torch.Tensor  # float [E, n]: per-sample loss at the visit
-    outputs: Outputs  # eval-mode outputs on the un-augmented training set after training
+    outputs: Outputs | AnchorTerms  # eval-mode outputs on the un-augmented training set after training
     samples: int  # sample passes spent training it
     seconds: float  # wall time of its training, wherever it was trained
     cached: bool
@@ -77,9 +141,12 @@ class Selector:
     ``adaptive = False``: chosen once before epoch 0. ``adaptive = True``: chosen again
     every ``every`` epochs. ``uses_fraction = False`` marks selectors (``full``) that
     ignore the kept-fraction axis of a suite. ``variable_budget = True`` lets a
-    selector return fewer or more than ``ctx.budget`` samples.
+    selector return fewer or more than ``ctx.budget`` samples. ``tasks`` lists the tasks
+    (``qcore_bench.tasks``) whose outputs the selector knows how to score; a suite that
+    pairs it with another task is refused before anything runs.
     """
 
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     adaptive: ClassVar[bool] = False
     uses_fraction: ClassVar[bool] = True
     variable_budget: ClassVar[bool] = False
@@ -162,8 +229,9 @@ class SelectionContext:
                  output_fns: dict[str, Callable[[], Outputs]], generator: torch.Generator,
                  device: torch.device, seed: int,
                  proxy_fn: Callable[[ProxyRecipe, int], ProxyRun] | None = None,
-                 images_fn: Callable[[], torch.Tensor] | None = None) -> None:
+                 images_fn: Callable[[], torch.Tensor] | None = None, task: str = "classification") -> None:
         self.epoch = epoch
+        self.task = task
         self.total_epochs = total_epochs
         self.fraction = fraction
         self._labels = labels
@@ -194,8 +262,9 @@ class SelectionContext:
         """The labels training sees (noisy where noise was injected); a copy."""
         return self._labels.clone()
 
-    def outputs(self, which: str) -> Outputs:
-        """Outputs of "student" or "teacher" on the un-augmented training set, computed once."""
+    def outputs(self, which: str) -> Any:
+        """Outputs of "student" or "teacher" on the un-augmented training set, computed once:
+        ``Outputs`` for classification, ``AnchorTerms`` for detection (``ctx.task``)."""
         if which not in self._output_fns:
             raise KeyError(f"outputs('{which}'): expected one of {sorted(self._output_fns)}")
         if which not in self._outputs:

@@ -20,6 +20,7 @@ from .cells import Cell, expand
 from .presets import PresetError, presets, resolve_method
 from .registry import UnknownNameError, did_you_mean, registry
 from .schema import DatasetSpec, ModelSpec, Suite, SuiteError, listify, parse_bits
+from .tasks import suite_task_error
 
 __all__ = ["Cell", "DatasetSpec", "ModelSpec", "Suite", "SuiteError", "apply_overrides", "expand", "load_suite",
            "parse_bits"]
@@ -178,6 +179,9 @@ def _check_names(suite: Suite, file: str) -> None:
             raise SuiteError(f"{file}: grid.fraction[{g.fraction.index(1.0)}]: fraction 1 with adaptive method "
                              f"'{m.name}' keeps every sample at every selection (full-data training at extra "
                              f"cost); drop 1 from grid.fraction, method 'full' gives that point")
+    pairing = suite_task_error(suite)  # each data set's task against its models, selectors and settings
+    if pairing is not None:
+        raise SuiteError(f"{file}: {pairing[0]}: {pairing[1]}")
 
 
 def _bind(fn: Any, params: dict[str, Any], key: str, skip: int = 0) -> None:

@@ -111,12 +111,12 @@ def mechanics() -> dict:
 
 def cell(args: list[str]) -> dict:
     """``qcore-bench`` with ``args``, recording what this rank selected and wrote."""
-    from qcore_bench import runner
+    from qcore_bench.tasks import classification
     from qcore_bench.cli import main
     from qcore_bench.store import Store
 
     record: dict = {"selections": [], "finish": 0, "save_checkpoint": 0}
-    validate = runner.validate_selection
+    validate = classification.validate_selection
 
     def recording_validate(*a, **k):
         sel = validate(*a, **k)
@@ -131,7 +131,7 @@ def cell(args: list[str]) -> dict:
             return method(self, *a, **k)
         return counted
 
-    runner.validate_selection = recording_validate
+    classification.validate_selection = recording_validate
     Store.finish, Store.save_checkpoint = counting("finish"), counting("save_checkpoint")
     try:
         main(args)

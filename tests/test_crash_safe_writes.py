@@ -63,15 +63,17 @@ def killed_inside(tmp_path: Path, target: str) -> tuple[Path, Path, Store]:
     suite, results = write_suite(tmp_path / "s.yaml", method=["random"]), tmp_path / "r"
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "QCORE_CACHE": str(tmp_path / "cache")}  # a teacher of its own
     proc = subprocess.run([sys.executable, str(script), target, "run", str(suite), "--results", str(results)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     (cell,) = (results / "runs").iterdir()
     return suite, cell, Store(results)
 
 
 def resume(suite: Path, store: Store) -> None:
-    out = CliRunner().invoke(main, ["run", str(suite), "--results", str(store.root)])
+    out = CliRunner().invoke(main, ["run", str(suite), "--results", str(store.root)],
+                             env={"QCORE_CACHE": str(store.root.parent / "cache")})
     assert out.exit_code == 0, out.output
     assert "1 cells, 0 done, 1 to run" in out.output
 

@@ -62,6 +62,7 @@ def test_checks_find_missing_and_malformed_roots_without_loading(tmp_path: Path,
     with pytest.raises(DatasetError, match=r"^cifar100: not found .*cifar-100-python; .*download=True"):
         check_dataset("cifar100", None, {})
     (tmp_path / "cifar-10-batches-py").mkdir()
-    with pytest.raises(DatasetError) as err:  # a folder without its files is not CIFAR-10
+    # a folder without its files is not CIFAR-10
+    with pytest.raises(DatasetError, match=r"^cifar10: not found \(or corrupted\) in .*cifar-10-batches-py") as err:
         check_dataset("cifar10", None, {})
     assert "\n" not in str(err.value)

@@ -394,29 +394,88 @@ def test_local_slots_get_their_own_gpu_or_none(monkeypatch: pytest.MonkeyPatch) 
         LocalExecutor(gpus="0").slot_envs("cpu")
 
 
+HOOKS = '''
+"""Test hooks for the local pool's children: a sitecustomize module, loaded by every Python that sees it.
+
+QB_SLOW_IMPORT=<cell id>: that cell's process blocks inside ``import torch`` until a signal
+comes, as a process started on a busy core is still importing when Ctrl-C comes.
+QB_PAUSE=<cell id>: that cell's process touches <results>/paused after its first epoch's
+checkpoint and waits there until a signal comes: a cell mid-way, whatever the load.
+"""
+import importlib.util, os, sys, time
+from importlib.abc import MetaPathFinder
+
+
+def mine(var):
+    return "run-cell" in sys.argv and os.environ.get(var, "-") in sys.argv
+
+
+class Hook(MetaPathFinder):
+    def __init__(self, name, before=None, after=None):
+        self.name, self.before, self.after = name, before, after
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        if self.before:
+            self.before()
+        spec = importlib.util.find_spec(name)
+        if self.after:
+            real = spec.loader.exec_module
+            def exec_module(module):
+                real(module)
+                self.after(module)
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def pause_after_first_epoch(store):
+    real = store.Store.save_checkpoint
+    def save_checkpoint(self, cell_id, state, line):
+        real(self, cell_id, state, line)
+        if state["epoch"] == 1:
+            (self.root / "paused").touch()
+            time.sleep(600)
+    store.Store.save_checkpoint = save_checkpoint
+
+
+if mine("QB_SLOW_IMPORT"):
+    sys.meta_path.insert(0, Hook("torch", before=lambda: time.sleep(600)))
+if mine("QB_PAUSE"):
+    sys.meta_path.insert(0, Hook("qcore_bench.store", after=pause_after_first_epoch))
+'''
+
+
 def test_ctrl_c_stops_the_pool_cleanly_and_every_cell_resumes(tmp_path: Path, straight: dict) -> None:
+    """Ctrl-C while one cell is mid-way and the other's process is still starting up (a busy core)."""
+    from qcore_bench.suite import expand, load_suite
+
     suite, results = scale_suite(tmp_path / "s.yaml"), tmp_path / "r"
-    env = env_for(tmp_path / "cache")
+    mid_way, starting = (c.id for c in expand(load_suite(suite)))
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(HOOKS)
+    env = {**env_for(tmp_path / "cache", tmp_path / "hooks"), "QB_PAUSE": mid_way, "QB_SLOW_IMPORT": starting}
     proc = subprocess.Popen(run_cmd(suite, results, "--executor", "local", "--slots", "2"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(n >= 1 for n in epochs_done(results).values()):  # a cell mid-way
-            break
-        time.sleep(0.005)
+    while not (results / "paused").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (results / "paused").exists(), proc.communicate(timeout=60)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "run the same command again to resume" in err
+    assert "interrupted" in err and "run the same command again to resume" in err and "failed" not in err
     store = Store(results)
-    status = {cid: store.status(cid) for cid in straight}
-    assert "interrupted" in status.values() and set(status.values()) <= {"interrupted", "pending", "done"}, status
+    assert {cid: store.status(cid) for cid in straight} == {mid_way: "interrupted", starting: "pending"}
     for log in results.glob("runs/*/claims.log"):
         assert not (log.parent / "claim.json").exists()
         with pytest.raises(ProcessLookupError, match="No such process"):
             os.kill(json.loads(log.read_text().splitlines()[-1])["pid"], 0)  # no orphaned cell process
-    out = subprocess.run(run_cmd(suite, results), env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and f"{2 - list(status.values()).count('done')} to run" in out.stderr, out.stderr
+    out = subprocess.run(run_cmd(suite, results), env=env_for(tmp_path / "cache"), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "2 cells, 0 done, 2 to run" in out.stderr, out.stderr
     assert_same_results(straight, results_of(results), results)
 
 

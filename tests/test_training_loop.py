@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from qcore_bench import runner
+from qcore_bench.tasks import classification
 from qcore_bench.runner import Runtime, load_data, run_cell
 from qcore_bench.store import Store
 from qcore_bench.suite import Cell, expand, load_suite
@@ -63,7 +63,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cell = one_cell(tmp / "s.yaml", NOISY_CELL)
     events: list[tuple[str, Any]] = []
     teachers: list[torch.nn.Module] = []
-    real_train, real_validate, real_teacher = runner.train_epoch, runner.validate_selection, runner.get_teacher
+    real_train, real_validate, real_teacher = classification.train_epoch, classification.validate_selection, classification.get_teacher
 
     def validate(*a: Any, **k: Any) -> Any:
         sel = real_validate(*a, **k)
@@ -94,9 +94,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         return loss
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "train_epoch", train_epoch)
-        mp.setattr(runner, "validate_selection", validate)
-        mp.setattr(runner, "get_teacher", get_teacher)
+        mp.setattr(classification, "train_epoch", train_epoch)
+        mp.setattr(classification, "validate_selection", validate)
+        mp.setattr(classification, "get_teacher", get_teacher)
         store = Store(tmp / "results")
         result = run_cell(cell, store, Runtime(CPU, tmp / "cache"))
     clean = load_data(cell.dataset, tmp / "cache").train_y

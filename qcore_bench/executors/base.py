@@ -13,6 +13,7 @@ from ..claims import ClaimLost, describe
 from ..loggers import ConsoleProgress
 from ..runner import EpochCallback, Runtime, resolve_device, run_cell
 from ..store import Store
+from ..tasks import headline
 from ..cells import Cell
 
 EXIT_DONE, EXIT_FAILED, EXIT_ELSEWHERE, EXIT_INTERRUPTED = 0, 1, 75, 130
@@ -78,8 +79,8 @@ class Outcome:
 def outcome_line(cell: Cell, out: Outcome, store: Store) -> str:
     """How a cell's end reads on run-cell's stderr and in its log.txt, whichever executor ran it."""
     if out.state == "done":
-        acc = (out.result or {}).get("final_acc", float("nan"))
-        return f"{cell.id} {'done' if out.ran else 'was already done'}: final acc {acc:.2f}"
+        value, metric = headline(out.result or {})
+        return f"{cell.id} {'done' if out.ran else 'was already done'}: final {metric} {value:.2f}"
     if out.state == "elsewhere":
         return f"{cell.id} is being run by {out.reason}; not started"
     return f"{cell.id} failed: {out.reason} (see {store.dir(cell.id) / 'error.txt'})"
@@ -145,7 +146,8 @@ def record(summary: Summary, progress: ConsoleProgress, i: int, cell: Cell, out:
     if out.state == "done":
         summary.done.append(cell.id)
         if out.ran:
-            progress.done_cell(i, cell, (out.result or {}).get("final_acc", float("nan")), seconds)
+            value, metric = headline(out.result or {})
+            progress.done_cell(i, cell, value, seconds, metric)
         else:
             progress.note(f"skip {i}/{progress.n_cells} {cell.id}: finished by another process")
     elif out.state == "failed":

@@ -167,7 +167,7 @@ class LocalExecutor(Executor):
                 h = json.loads(line)
             except json.JSONDecodeError:  # a line being written
                 break
-            progress.epoch(h.get("epoch", 0), child.cell.train.epochs, h.get("test_acc", float("nan")))
+            progress.epoch(h.get("epoch", 0), child.cell.train.epochs, h.get("test_acc", h.get("test_map", float("nan"))))
             child.epochs_seen += 1
         with open(store.dir(child.cell.id) / "log.txt", "rb") as f:  # the cell's teacher and proxy lines
             f.seek(child.log_seen)
@@ -180,7 +180,9 @@ class LocalExecutor(Executor):
                 progress.line("train", "cyan", f"{child.index}/{progress.n_cells} {match['id']} {match['text']}")
 
     @staticmethod
-    def _finish(child: _Child, store: Store, summary: Summary, progress: ConsoleProgress) -> None:
+    def _finish(child: _Child, store: Store, summary: Summary, progress: ConsoleProgress,
+                stopping: bool = False) -> None:
+        """Record how a cell's process ended. ``stopping``: the pool sent it SIGINT (Ctrl-C)."""
         rc, cid = child.proc.returncode, child.cell.id
         child.log.close()
         seconds = time.perf_counter() - child.started
@@ -196,6 +198,12 @@ class LocalExecutor(Executor):
             st = store.read_status(cid)
             if rc == EXIT_FAILED and st.get("state") == "failed" and st.get("failed", 0) >= child.wall_start:
                 reason = st.get("reason", "failed")
+            elif stopping:  # our SIGINT came before it could handle it (still importing on a busy core)
+                store.break_claim(cid, child.proc.pid)
+                if st.get("state") == "running":  # it had begun: resumable from its last checkpoint
+                    store.interrupt(cid)
+                summary.interrupted = True
+                return
             else:  # it could not record its own failure: record it here
                 reason = exit_reason(rc)
                 store.break_claim(cid, child.proc.pid)
@@ -223,7 +231,7 @@ class LocalExecutor(Executor):
                 child.log.close()
                 deadline = 0.0
                 continue
-            self._finish(child, store, summary, progress)
+            self._finish(child, store, summary, progress, stopping=True)
 
 
 def _history_lines(store: Store, cell_id: str) -> list[str]:

@@ -18,7 +18,7 @@ __all__ = ["build", "init_weights"]
 def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
     """Initialise every parameter of ``model`` in place, drawing only from ``generator``.
 
-    Convs: Kaiming normal (fan_out, ReLU). BatchNorm: weight 1, bias 0, running stats reset.
+    Convs: Kaiming normal (fan_out, ReLU). BatchNorm, GroupNorm: weight 1, bias 0, running stats reset.
     Linear: torch's default (Kaiming uniform with a=sqrt(5), bias U(-1/sqrt(fan_in), ..)).
     Raises TypeError for parameters of other module types so none is left uninitialised.
     """
@@ -30,11 +30,11 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
             )
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, _BatchNorm):
+        elif isinstance(module, (_BatchNorm, nn.GroupNorm)):
             if module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-            if module.track_running_stats:
+            if isinstance(module, _BatchNorm) and module.track_running_stats:
                 module.reset_running_stats()
         elif isinstance(module, nn.Linear):
             nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)

@@ -6,6 +6,12 @@ Every ``every`` epochs, keep the samples with the highest
 both from eval-mode, un-augmented forward passes. Each is the norm of the gradient of
 the loss with respect to the logits (cross-entropy and distillation, respectively),
 a cheap proxy for the sample's gradient on the quantized weights.
+
+For detection the samples are images and both scores come from the student's one eval pass
+(``AnchorTerms``): d_EVS reduces the per-anchor error vector (class term plus ``box_weight`` x
+box-regression error) over the anchors matched to ground truth, d_DS the disagreement with the
+FP teacher over the anchors the teacher is confident about; ``reduction`` ("mean" over those
+anchors, "sum", or "topk": the mean of the ``topk`` largest) picks how.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 import torch
 
 from ..selection import Selection, SelectionContext, Selector
-from .scoring import error_vector_score
+from .scoring import check_detection_terms, error_vector_score
 
 
 def _cosine(t: int, e: int) -> float:
@@ -40,18 +46,24 @@ class ACSSelector(Selector):
     """ACS with the paper's cosine schedule by default; ``schedule`` picks another."""
 
     adaptive = True
+    tasks = ("classification", "detection")
 
-    def __init__(self, every: int = 10, schedule: str = "cosine") -> None:
+    def __init__(self, every: int = 10, schedule: str = "cosine", box_weight: float = 1.0, reduction: str = "mean",
+                 topk: int = 10) -> None:
         super().__init__(every)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got '{schedule}'")
+        check_detection_terms(box_weight, reduction, topk)
         self.schedule = schedule
+        self.terms = {"box_weight": float(box_weight), "reduction": reduction, "k": topk}
 
     def beta(self, epoch: int, total_epochs: int) -> float:
         return SCHEDULES[self.schedule](epoch, total_epochs)
 
     def select(self, ctx: SelectionContext) -> Selection:
         beta = self.beta(ctx.epoch, ctx.total_epochs)
+        if ctx.task == "detection":
+            return self._select_images(ctx, beta)
         probs = ctx.outputs("student").probs
         labels = ctx.labels.to(probs.device)
         scores = torch.zeros(len(ctx), device=probs.device)
@@ -65,3 +77,10 @@ class ACSSelector(Selector):
                 **({"evs_mean": float(evs.mean())} if evs is not None else {}),
                 **({"ds_mean": float(ds.mean())} if ds is not None else {}))
         return Selection(ctx.top_k(scores.cpu()), scores=scores.cpu())
+
+    def _select_images(self, ctx: SelectionContext, beta: float) -> Selection:
+        terms = ctx.outputs("student")  # one eval pass gives both scores
+        evs, ds = terms.evs(**self.terms), terms.ds(**self.terms)
+        scores = beta * evs + (1 - beta) * ds
+        ctx.log(acs_beta=beta, evs_mean=float(evs.mean()), ds_mean=float(ds.mean()))
+        return Selection(ctx.top_k(scores), scores=scores)

@@ -10,6 +10,8 @@ from ..selection import Selection, SelectionContext, Selector
 class FullSelector(Selector):
     """Keeps everything; a suite makes one cell per setting, whatever its fractions."""
 
+    tasks = ("classification", "detection")
+
     uses_fraction = False
     variable_budget = True
 

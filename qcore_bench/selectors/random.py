@@ -13,7 +13,10 @@ from ..selection import Selection, SelectionContext, Selector
 
 
 class RandomSelector(Selector):
-    """Uniform draw without replacement (per class when balanced), from the cell's generator."""
+    """Uniform draw without replacement (per class when balanced), from the cell's generator;
+    for detection, a uniform draw of images."""
+
+    tasks = ("classification", "detection")
 
     def __init__(self, every: int | None = None) -> None:
         super().__init__(every or 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..selection import Outputs, ProxyRun, SelectionContext, Selector
+from ..selection import REDUCTIONS, Outputs, ProxyRun, SelectionContext, Selector
 
 OPTIMIZERS = ("sgd", "adam")
 INITS = ("scratch", "teacher")
@@ -22,6 +22,14 @@ CHUNK_ELEMENTS = 1 << 22  # rows per chunk * width: about 16 MB of float32 tempo
 def error_vector_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """||p - onehot(y)||_2 per sample."""
     return (probs - F.one_hot(labels, probs.shape[1]).to(probs.dtype)).norm(dim=1)
+
+
+def check_detection_terms(box_weight: float, reduction: str, topk: int) -> None:
+    """The per-image reduction parameters of a detection score (see ``AnchorTerms``)."""
+    if isinstance(box_weight, bool) or not isinstance(box_weight, (int, float)) or box_weight < 0:
+        raise ValueError(f"box_weight must be a number >= 0, got {box_weight!r}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    _positive_int("topk", topk)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -5,6 +5,10 @@ Scores the proxy's final probabilities p and keeps the MOST uncertain samples:
 (a small margin is uncertain). Every score grows with uncertainty and the highest are
 kept, balanced or not; DeepCore's unbalanced path keeps the most confident instead.
 Scores are averaged over ``repeats`` proxies.
+
+For detection the score of an image is the proxy's classification entropy (the summed binary
+entropy of the sigmoid class probabilities) reduced over its candidate anchors by ``reduction``
+(default: the mean); ``method`` applies to classification only.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..selection import Selection, SelectionContext
-from .scoring import ProxyScoreSelector
+from .scoring import ProxyScoreSelector, check_detection_terms
 
 
 def _least_confidence(p: torch.Tensor) -> torch.Tensor:
@@ -39,17 +43,25 @@ def uncertainty_score(probs: torch.Tensor, method: str) -> torch.Tensor:
 class UncertaintySelector(ProxyScoreSelector):
     """Keeps the samples the proxy is least sure about."""
 
+    tasks = ("classification", "detection")
+
     def __init__(self, method: str = "least_confidence", proxy_epochs: int = 10, proxy_lr: float = 0.05,
                  proxy_optimizer: str = "sgd", proxy_init: str = "scratch", proxy_quantized: bool = False,
-                 repeats: int = 1, proxy_schedule: str = "prefix", proxy_horizon: int | None = None) -> None:
+                 repeats: int = 1, proxy_schedule: str = "prefix", proxy_horizon: int | None = None,
+                 reduction: str = "mean", topk: int = 10) -> None:
         super().__init__(proxy_epochs, proxy_lr, proxy_optimizer, proxy_init, proxy_quantized, repeats,
                          proxy_schedule, proxy_horizon)
+        check_detection_terms(0.0, reduction, topk)
+        self.terms = {"reduction": reduction, "k": topk}
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
         self.method = method
 
     def select(self, ctx: SelectionContext) -> Selection:
         runs = self.proxies(ctx)
-        scores = torch.stack([uncertainty_score(r.outputs.probs, self.method) for r in runs]).mean(0)
+        if ctx.task == "detection":
+            scores = torch.stack([r.outputs.uncertainty(**self.terms) for r in runs]).mean(0)
+        else:
+            scores = torch.stack([uncertainty_score(r.outputs.probs, self.method) for r in runs]).mean(0)
         ctx.log(uncertainty_mean=float(scores.mean()))
         return Selection(ctx.top_k(scores), scores=scores)
