@@ -101,8 +101,9 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
             bx.scatter(m.cost, m["mean"], marker="*", s=120, color="k")
             notes = [(Line2D([], [], ls="--", color="k"), f"{method}: all samples every epoch"),
                      (Line2D([], [], ls="", marker="*", markersize=10, color="k"), f"{method}, at its cost"), band]
-        ax.set(xlabel="kept fraction per epoch (%)", ylabel=label, title="accuracy vs fraction")
-        bx.set(xlabel="total cost (sample forward passes, README cost model)", ylabel=label, title="accuracy vs cost")
+        what = "mAP" if g["metric"].iloc[0] == "mAP" else "accuracy"
+        ax.set(xlabel="kept fraction per epoch (%)", ylabel=label, title=f"{what} vs fraction")
+        bx.set(xlabel="total cost (sample forward passes, README cost model)", ylabel=label, title=f"{what} vs cost")
         _log_cost_axis(bx, g.cost)
         _legend([ax, bx], order, notes)
         fig.suptitle(title(GROUP, g), fontsize=9)

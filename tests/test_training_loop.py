@@ -1,4 +1,4 @@
-"""What the runner really trains on, and the numbers it stores about it.
+"""What the classification loop really trains on, and the numbers it stores about it.
 
 One tiny cell with label noise, an adaptive random selector (two selections), cosine
 learning rate and distillation at T=4, run once with its training step observed: every
@@ -63,7 +63,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cell = one_cell(tmp / "s.yaml", NOISY_CELL)
     events: list[tuple[str, Any]] = []
     teachers: list[torch.nn.Module] = []
-    real_train, real_validate, real_teacher = classification.train_epoch, classification.validate_selection, classification.get_teacher
+    real_train, real_validate, real_teacher = (classification.train_epoch, classification.validate_selection,
+                                               classification.get_teacher)
 
     def validate(*a: Any, **k: Any) -> Any:
         sel = real_validate(*a, **k)

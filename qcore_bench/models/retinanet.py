@@ -139,16 +139,14 @@ def _init_head(model: RetinaNet, generator: torch.Generator) -> None:
 
 
 def build_detector(arch_fn: Callable[..., RetinaNet], num_classes: int, generator: torch.Generator,
-                   params: dict[str, Any] | None = None, checkpoint: str | None = None) -> RetinaNet:
+                   params: dict[str, Any] | None = None) -> RetinaNet:
     """``arch_fn(num_classes, **params)`` on the CPU, every weight drawn from ``generator`` (built on
-    the meta device: torch's global RNG is never used), then ``checkpoint`` loaded if given."""
+    the meta device: torch's global RNG is never used)."""
     with torch.device("meta"):
         model = arch_fn(num_classes, **(params or {}))
     model.to_empty(device="cpu")
     init_weights(model, generator)
     _init_head(model, generator)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
     return model
 
 

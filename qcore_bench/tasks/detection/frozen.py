@@ -20,7 +20,7 @@ from torch import nn
 from ...claims import file_lock
 from ...data.coco import DetectionData
 from ...files import atomic_write
-from ...models.retinanet import build_detector
+from ...models.retinanet import build_detector, load_checkpoint
 from ...quant import calibrate, quantize_model
 from ...registry import registry
 from ...seeding import make_generator
@@ -65,8 +65,12 @@ def get_teacher(cell: Cell, data: DetectionData, labels: list[torch.Tensor], cac
     (from ``teacher.weights`` when it holds a backbone). Returned frozen, in eval mode."""
     key = teacher_key(cell, device)
     arch = registry("models").get(cell.model)
-    model = to_device(build_detector(arch, data.num_classes, make_generator(cell.seed, "teacher-init"),
-                                     cell.model_params, cell.teacher.weights), device)
+    model = build_detector(arch, data.num_classes, make_generator(cell.seed, "teacher-init"), cell.model_params)
+    kind = load_checkpoint(model, cell.teacher.weights) if cell.teacher.weights else None
+    if cell.teacher.pretrained and kind != "detector":
+        raise ValueError(f"teacher.pretrained needs a whole detector's checkpoint in teacher.weights, got "
+                         f"{'a backbone' if kind else 'none'}; drop teacher.pretrained to train from it")
+    model = to_device(model, device)
     path = cache_dir / "teachers" / f"{cell.model}-{key}.pt"
     with contextlib.ExitStack() as lock:
         if not path.is_file():

@@ -159,25 +159,33 @@ def anchor_terms(model: nn.Module, data: DetectionData, labels: list[torch.Tenso
             cand = torch.nonzero(probs.max(dim=2).values >= CANDIDATE)  # [m, 2]: (image in batch, anchor)
             parts["en"].append(_entropy(probs[cand[:, 0], cand[:, 1]]))
             parts["ni"].append(torch.as_tensor(idx, device=device)[cand[:, 0]])
-            for b, i in enumerate(idx):
-                p = probs[b]
+            rows = torch.as_tensor(idx, device=device)  # the training index of each image of the batch
+            match: dict[str, list[torch.Tensor]] = {"b": [], "a": [], "y": [], "t": []}
+            for b, i in enumerate(idx):  # matching is per image (its own boxes); the terms are batched below
                 boxes, lab = data.train.boxes[i].to(device), labels[i].to(device)
                 if len(boxes):
                     matched = model.proposal_matcher(box_iou(boxes, anchors[b]))
                     pos = torch.nonzero(matched >= 0).flatten()
                     gt = matched[pos]
-                    onehot = torch.zeros(len(pos), p.shape[1], device=device)
-                    onehot[torch.arange(len(pos), device=device), lab[gt]] = 1
-                    target = model.box_coder.encode_single(boxes[gt], anchors[b][pos])
-                    parts["ec"].append((p[pos] - onehot).norm(dim=1))
-                    parts["eb"].append((reg[b][pos] - target).abs().sum(dim=1))
-                    parts["ei"].append(torch.full((len(pos),), i, device=device))
-                if teacher is not None:
-                    t = teacher[i]
-                    a = t["anchors"].to(device)
-                    parts["dc"].append((p[a] - t["probs"].to(device)).norm(dim=1))
-                    parts["db"].append((reg[b][a] - t["boxes"].to(device)).abs().sum(dim=1))
-                    parts["di"].append(torch.full((len(a),), i, device=device))
+                    match["b"].append(torch.full_like(pos, b))
+                    match["a"].append(pos)
+                    match["y"].append(lab[gt])
+                    match["t"].append(model.box_coder.encode_single(boxes[gt], anchors[b][pos]))
+            if match["a"]:
+                bi, ai, y = torch.cat(match["b"]), torch.cat(match["a"]), torch.cat(match["y"])
+                p = probs[bi, ai]
+                onehot = torch.zeros_like(p).scatter_(1, y[:, None], 1.0)
+                parts["ec"].append((p - onehot).norm(dim=1))
+                parts["eb"].append((reg[bi, ai] - torch.cat(match["t"])).abs().sum(dim=1))
+                parts["ei"].append(rows[bi])
+            if teacher is not None:
+                t = [teacher[i] for i in idx]
+                counts = torch.tensor([len(x["anchors"]) for x in t], device=device)
+                bi = torch.repeat_interleave(torch.arange(len(idx), device=device), counts)
+                ai = torch.cat([x["anchors"] for x in t]).to(device)
+                parts["dc"].append((probs[bi, ai] - torch.cat([x["probs"] for x in t]).to(device)).norm(dim=1))
+                parts["db"].append((reg[bi, ai] - torch.cat([x["boxes"] for x in t]).to(device)).abs().sum(dim=1))
+                parts["di"].append(rows[bi])
     finally:
         model.train(was_training)
 
