@@ -50,6 +50,14 @@ def data_root_with_every_layout(root: Path) -> Path:
         for split in splits:
             (root / tree / split / "n01").mkdir(parents=True)
             (root / tree / split / "n01" / "0.png").touch()
+    instances = {"images": [{"id": 1, "file_name": "1.jpg", "height": 8, "width": 8}],
+                 "categories": [{"id": 1, "name": "thing"}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16,
+                                  "iscrowd": 0}]}
+    (root / "coco" / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / "coco" / split).mkdir()
+        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
     return root
 
 
@@ -58,7 +66,7 @@ def test_every_shipped_suite_validates_and_plans(path: Path, tmp_path: Path, mon
     out = CliRunner().invoke(main, ["validate", str(path)], env={"QCORE_DATA": str(tmp_path / "nothing")})
     needs_data = out.exit_code == 2  # checked before anything runs: one line naming the data set
     names = {c.dataset.name for c in expand(load_suite(path))}
-    assert needs_data == bool(names & {"cifar10", "cifar100", "imagenet", "imagefolder"}), out.output
+    assert needs_data == bool(names & {"cifar10", "cifar100", "imagenet", "imagefolder", "coco"}), out.output
     if needs_data:
         assert re.fullmatch(rf"error: {re.escape(str(path))}: grid\.dataset: \w+: [^\n]+\n", out.output), out.output
     monkeypatch.setenv("QCORE_DATA", str(data_root_with_every_layout(tmp_path / "data")))
