@@ -13,7 +13,7 @@ from .schema import Budget, DatasetSpec, MethodSpec, NoiseSpec, Quant, Selection
     parse_bits, spec_label
 
 
-_NOT_IN_ID = (("dataset", "root"), ("teacher", "weights"), ("train", "kd", "weights"), ("train", "compile"))
+_NOT_IN_ID = (("dataset", "root"), ("dataset", "display"), ("teacher", "weights"), ("train", "kd", "weights"), ("train", "compile"))
 _ID_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("model_params",): {},
     ("quant", "policy"): "all",

@@ -9,7 +9,11 @@ line per event.
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
 from types import TracebackType
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn, Task, TaskID
@@ -19,12 +23,22 @@ from .cells import Cell
 from .events import Phase, PhaseHandler
 
 BAR = 20
+# a teacher's or proxy's start or end, as ``run-cell`` prints it: "<cell id> teacher resnet8: training, 30 epochs"
+PHASE_LINE = re.compile(r"^(?P<id>[0-9a-f]+) (?P<text>(?:teacher|proxy) .*: (?:training, |trained in ).*)$")
 
 
 def cell_label(cell: Cell) -> str:
     """A readable, glob-able name: dataset/model/bits/fraction/noise/method/seed."""
     return (f"{cell.dataset.label}/{cell.model_label}/w{cell.w_bits}a{cell.a_bits}/f{cell.fraction:g}/"
             f"{cell.noise.label}/{cell.method.name}/s{cell.seed}")
+
+
+def config_label(config: dict[str, Any]) -> str:
+    """The glob-able label of a stored cell config; '' for a config an older version wrote."""
+    try:
+        return cell_label(Cell.model_validate(config))
+    except ValueError:
+        return ""
 
 
 def clock(seconds: float | None) -> str:
@@ -120,3 +134,39 @@ class ConsoleProgress:
     def note(self, text: str) -> None:
         """Any other message (a skipped cell, an interrupt), as a whole line."""
         self.console.print(Text(text), soft_wrap=True, highlight=False)
+
+
+def epoch_line(cell_id: str, epoch: int, total: int, acc: float) -> str:
+    """How a cell's epoch reads in its log.txt, whichever executor ran it."""
+    return f"{cell_id} epoch {epoch + 1}/{total} test acc {acc:.2f}"
+
+
+class CellLog:
+    """A cell's log.txt when it runs in this process (inline executor): the lines ``run-cell`` prints
+    under the local pool, so that every executor leaves the same log. Opened at the first line, so
+    a cell that another process holds gets nothing appended."""
+
+    def __init__(self, folder: Path, cell_id: str, header: str) -> None:
+        self.path, self.cell_id, self.header = folder / "log.txt", cell_id, header
+        self.file: IO[str] | None = None
+        self.phases = PhaseHandler(lambda phase: self.write(f"{self.cell_id} {phase}"))
+
+    def __enter__(self) -> "CellLog":
+        self.phases.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.phases.__exit__(exc_type, exc, tb)
+        if self.file is not None:
+            self.file.close()
+
+    def write(self, line: str) -> None:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a")
+            self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def epoch(self, epoch: int, total: int, acc: float) -> None:
+        self.write(epoch_line(self.cell_id, epoch, total, acc))

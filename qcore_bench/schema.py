@@ -92,9 +92,13 @@ def spec_label(name: str, params: dict[str, Any]) -> str:
 
 
 class DatasetSpec(Strict):
+    """A registered data set: ``root`` (where it lies: absolute, or relative to the data root) and
+    ``display`` (its name in tables and plots) are not part of the cell id."""
+
     name: str
     root: str | None = None
     params: dict[str, Any] = {}
+    display: str | None = None
 
     @property
     def label(self) -> str:

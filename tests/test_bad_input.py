@@ -119,16 +119,28 @@ def image_tree(root: Path) -> Path:
     return root
 
 
-def test_missing_data_root_and_unreadable_image_fail_their_cells_only(tmp_path: Path) -> None:
+def test_a_missing_data_root_is_one_line_before_anything_runs(tmp_path: Path) -> None:
+    """Checked once per data set by validate, plan and run: not a failed cell per grid point."""
+    nowhere = tmp_path / "nowhere"
+    datasets = [TINY["grid"]["dataset"], {"name": "imagefolder", "root": str(nowhere), "params": {"image_size": 8}}]
+    suite, results = write_suite(tmp_path / "s.yaml", dataset=datasets, seed=[0, 1, 2]), tmp_path / "r"
+    for command in (["validate"], ["plan", "--results", str(results)], ["run", "--results", str(results)]):
+        out = run(command[0], str(suite), *command[1:])
+        assert out.exit_code == 2, out.output
+        assert out.output == (f"error: {suite}: grid.dataset: imagefolder: root {nowhere} does not exist; "
+                              "expected the layout <root>/train/<class>/<image> and <root>/test/<class>/<image> "
+                              "(or val/ instead of test/)\n")
+        assert not results.exists()
+
+
+def test_an_unreadable_image_fails_its_cells_only(tmp_path: Path) -> None:
     tree = image_tree(tmp_path / "images")
     (tree / "train" / "b" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    datasets = [TINY["grid"]["dataset"], {"name": "imagefolder", "root": str(tmp_path / "nowhere")},
-                {"name": "imagefolder", "root": str(tree), "params": {"image_size": 8}}]  # the root is not in ids
+    datasets = [TINY["grid"]["dataset"], {"name": "imagefolder", "root": str(tree), "params": {"image_size": 8}}]
     suite, results = write_suite(tmp_path / "s.yaml", dataset=datasets, **ONE), tmp_path / "r"
     out = run("run", str(suite), "--results", str(results))
     block = failed_cells(out)
-    assert "2 of 3 cells failed" in out.output
-    assert f"imagefolder: root {tmp_path / 'nowhere'} does not exist; expected the layout" in block
+    assert "1 of 2 cells failed" in out.output
     assert f"imagefolder: cannot decode {tree / 'train' / 'b' / '3.png'}" in block
     assert [r["config"]["dataset"]["name"] for r in Store(results).records()] == ["synthetic"]
     for d in (results / "runs").iterdir():

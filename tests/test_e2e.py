@@ -141,7 +141,8 @@ def test_failed_cells_are_reported_and_the_others_finish(tmp_path: Path, monkeyp
     assert "selector 'toomany' selected 65 samples, budget is 64" in out.output
     assert [r["config"]["method"]["name"] for r in Store(results).records()] == ["random"]
     plan = CliRunner().invoke(main, ["plan", str(suite), "--results", str(results)])
-    assert plan.output.count("failed") == 2 and plan.output.count("done") == 1
+    assert plan.output.count(" failed  (") == 2 and plan.output.count(" done\n") == 1
+    assert plan.output.endswith("\n3 cells: 1 done, 0 pending, 2 failed\n")
     failed = [d for d in (results / "runs").iterdir() if (d / "error.txt").exists()]
     assert len(failed) == 2 and all("Traceback" in (d / "error.txt").read_text() for d in failed)
 

@@ -199,6 +199,10 @@ def test_local_pool_with_two_cpu_slots_reports_crashed_cells_and_finishes_the_ot
     assert out.returncode == 1, out.stderr
     assert "2 of 4 cells failed:" in out.stderr
     assert "process killed by SIGKILL" in out.stderr and "RuntimeError: boom" in out.stderr
+    # the teacher trained in a slot's process gets its lines in the pool's output, and in that cell's log.txt
+    (teacher,) = re.findall(r"^train \d/4 (\w+) teacher resnet8: training, \d+ epochs$", out.stderr, flags=re.M)
+    assert f"{teacher} teacher resnet8: training" in (results / "runs" / teacher / "log.txt").read_text()
+    assert re.search(rf"^train \d/4 {teacher} teacher resnet8: trained in \d+\.\ds, test acc", out.stderr, flags=re.M)
     got = results_of(results)
     assert_same_results(straight, got, results)  # the three good cells, as if run alone
     starts = sorted(json.loads(line)["started"] for d in (results / "runs").iterdir()

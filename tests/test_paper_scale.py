@@ -38,15 +38,45 @@ def table_rows(output: str) -> dict[str, str]:
     return {line.split("|")[1].strip(): line for line in output.splitlines() if line.startswith("| ")}
 
 
+def data_root_with_every_layout(root: Path) -> Path:
+    """The files the up-front data checks look for, for every data set a shipped suite names (empty
+    stand-ins: validate and plan read no image)."""
+    for folder, files in (("cifar-10-batches-py", ["batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6))]),
+                          ("cifar-100-python", ["meta", "train", "test"])):
+        (root / folder).mkdir(parents=True)
+        for name in files:
+            (root / folder / name).touch()
+    for tree, splits in (("imagenet", ("train", "val")), ("cifar10-jpeg", ("train", "test"))):
+        for split in splits:
+            (root / tree / split / "n01").mkdir(parents=True)
+            (root / tree / split / "n01" / "0.png").touch()
+    instances = {"images": [{"id": 1, "file_name": "1.jpg", "height": 8, "width": 8}],
+                 "categories": [{"id": 1, "name": "thing"}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16,
+                                  "iscrowd": 0}]}
+    (root / "coco" / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / "coco" / split).mkdir()
+        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
+    return root
+
+
 @pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
-def test_every_shipped_suite_validates_and_plans(path: Path, tmp_path: Path) -> None:
+def test_every_shipped_suite_validates_and_plans(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = CliRunner().invoke(main, ["validate", str(path)], env={"QCORE_DATA": str(tmp_path / "nothing")})
+    needs_data = out.exit_code == 2  # checked before anything runs: one line naming the data set
+    names = {c.dataset.name for c in expand(load_suite(path))}
+    assert needs_data == bool(names & {"cifar10", "cifar100", "imagenet", "imagefolder", "coco"}), out.output
+    if needs_data:
+        assert re.fullmatch(rf"error: {re.escape(str(path))}: grid\.dataset: \w+: [^\n]+\n", out.output), out.output
+    monkeypatch.setenv("QCORE_DATA", str(data_root_with_every_layout(tmp_path / "data")))
     out = CliRunner().invoke(main, ["validate", str(path)])
     assert out.exit_code == 0, out.output
     cells = int(re.search(r"has (\d+) cells", out.output).group(1))
     assert cells == len(expand(load_suite(path)))
     plan = CliRunner().invoke(main, ["plan", str(path), "--results", str(tmp_path / "r")])
     assert plan.exit_code == 0, plan.output
-    assert plan.output.count("pending") == cells
+    assert plan.output.count(" pending\n") == cells and plan.output.endswith(f"\n{cells} cells: 0 done, {cells} pending, 0 failed\n")
     assert path.read_text().startswith("#")  # every suite opens with a comment block saying what it runs
 
 
@@ -222,6 +252,6 @@ def test_cpu_suite_shrunk_to_seconds_on_real_cifar10_jpegs(cifar_jpeg_subset: Pa
     accuracies = [float(x) for x in re.findall(r"(\d+\.\d\d)", rows["acs"])]
     assert accuracies and all(0 <= a <= 100 for a in accuracies)
     suite_text = yaml.safe_load(suite.read_text())
-    assert suite_text["grid"]["dataset"]["root"] == "cifar10-jpeg"  # under the data root
+    assert suite_text["grid"]["dataset"]["root"] == "cifar10-jpeg"  # under the data root ($QCORE_DATA)
     assert json.loads((results / "runs" / rec["id"] / "cell.json").read_text())["config"]["dataset"]["root"] == str(
         cifar_jpeg_subset)

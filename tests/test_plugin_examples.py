@@ -67,6 +67,12 @@ def test_readme_dataset_and_model_plugins_register_and_run_a_cell(example_packag
         "grid": {"dataset": {"name": "npz", "root": str(write_arrays(tmp_path / "arrays")), "params": {"max_train": 1000}},
                  "model": {"name": "small_cnn", "params": {"width": 8}}, "bits": ["4/4"], "fraction": [0.3],
                  "noise": [0.0], "method": ["random"], "seed": [0]}}))
+    missing = CliRunner().invoke(main, ["run", str(suite), "--set", f"grid.dataset.root={tmp_path / 'none'}",
+                                        "--results", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and missing.output == (  # the plugin's check, before any cell
+        f"error: {suite}: grid.dataset: npz: {tmp_path / 'none'}/train.npz not found; expected train.npz and "
+        "test.npz holding x (uint8 [N, H, W, C]) and y (integer labels)\n")
+    assert not (tmp_path / "r").exists()
     run = CliRunner().invoke(main, ["run", str(suite), "--results", str(tmp_path / "r")])
     assert run.exit_code == 0, run.output
     assert re.search(r"^done 1/1 \w+ npz\(max_train=1000\)/small_cnn\(width=8\)/w4a4/f0.3/clean/random/s0: "

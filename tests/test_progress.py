@@ -45,11 +45,9 @@ def test_the_live_line_fits_an_80_column_terminal_with_whole_fields(tmp_path: Pa
 
 
 def test_redirected_output_has_one_unwrapped_line_per_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QCORE_CACHE", str(tmp_path / "cache"))  # a cold cache: the teacher and proxy train here
+    monkeypatch.setenv("QCORE_CACHE", str(tmp_path / "cache"))  # the teacher and the proxy are trained here
     suite = write_suite(tmp_path / "s.yaml", method=["full", {"name": "el2n", "params": {"proxy_epochs": 2}}])
-    # a cache of its own: the tiny suite's teacher, which other tests train too, must be trained here
-    res = CliRunner().invoke(main, ["run", str(suite), "--results", str(tmp_path / "r")],
-                             env={"QCORE_CACHE": str(tmp_path / "cache")})
+    res = CliRunner().invoke(main, ["run", str(suite), "--results", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     lines = res.stderr.splitlines()
     cells = expand(load_suite(suite))

@@ -96,6 +96,33 @@ def test_acs_scores_match_an_independent_computation() -> None:
         assert set(sel.indices.tolist()) == set(torch.tensor(expected).topk(10).indices.tolist())
 
 
+class ImageTerms:
+    """Per-image EVS and DS as a detection task's student outputs give them to ACS."""
+
+    def __init__(self, evs: torch.Tensor, ds: torch.Tensor) -> None:
+        self._evs, self._ds = evs, ds
+
+    def evs(self, **terms: object) -> torch.Tensor:
+        return self._evs
+
+    def ds(self, **terms: object) -> torch.Tensor:
+        return self._ds
+
+
+def test_acs_on_detection_keeps_the_images_with_the_highest_weighted_scores() -> None:
+    g = gen(2)
+    evs, ds = torch.rand(30, generator=g), torch.rand(30, generator=g)
+    ctx = SelectionContext(epoch=4, total_epochs=10, fraction=0.2, labels=torch.zeros(30, dtype=torch.long),
+                           num_classes=1, balanced=False, student=nn.Identity(), teacher=nn.Identity(),
+                           output_fns={"student": lambda: ImageTerms(evs, ds)}, generator=gen(0),
+                           device=torch.device("cpu"), seed=0, task="detection")
+    sel = ACSSelector(every=2).select(ctx)
+    beta = math.cos(math.pi * 4 / 20)
+    expected = beta * evs + (1 - beta) * ds
+    assert torch.allclose(sel.scores, expected)
+    assert set(sel.indices.tolist()) == set(expected.topk(6).indices.tolist())
+
+
 def test_paper_cosine_differs_from_released_code() -> None:
     acs, code = ACSSelector(schedule="cosine"), ACSSelector(schedule="cosine_sq")
     assert acs.beta(50, 100) == pytest.approx(math.sqrt(0.5))

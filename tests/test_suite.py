@@ -112,7 +112,7 @@ def test_validate_and_plan_commands(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "has 10 cells" in out.output
     out = CliRunner().invoke(main, ["plan", str(path), "--results", str(tmp_path / "r")])
     assert out.exit_code == 0
-    assert out.output.count("pending") == 10
+    assert out.output.count(" pending\n") == 10 and out.output.endswith("\n10 cells: 0 done, 10 pending, 0 failed\n")
     assert not (tmp_path / "r").exists()
 
 

@@ -1,8 +1,8 @@
-"""qcore-bench command line: run, run-cell, validate, plan, ls, table, plot, sync.
+"""qcore-bench command line: run, run-cell, validate, plan, ls, show, compare, table, plot, sync.
 
 Bad input is one line on stderr naming the file and key, exit code 2, nothing written.
 One module per command group: ``run`` (run, run-cell), ``plan`` (validate, plan, ls),
-``report`` (table, plot, sync); ``common`` holds what they share.
+``results`` (show, compare), ``report`` (table, plot, sync); ``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import click
 from ..allocator import keep_freed_memory
 from .plan import ls, plan, validate
 from .report import plot, sync, table
+from .results import compare, show
 from .run import run, run_cell_cmd
 
 
@@ -51,5 +52,5 @@ def main() -> None:
 
 
 
-for command in (run, run_cell_cmd, validate, plan, ls, table, plot, sync):
+for command in (run, run_cell_cmd, validate, plan, ls, show, compare, table, plot, sync):
     main.add_command(command)

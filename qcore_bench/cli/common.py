@@ -1,12 +1,10 @@
-"""What the commands share: the results option, one-line failures, suites to cells, the cache folder."""
+"""What the commands share: the results option, one-line failures, suites to cells and their data checked."""
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import sys
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -21,7 +19,9 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def suite_cells(suite_path: str, overrides: tuple[str, ...], only: str | None = None) -> tuple[object, list[Cell]]:
+def suite_cells(suite_path: str, overrides: tuple[str, ...], only: str | None = None,
+                check_data: bool = False) -> tuple[object, list[Cell]]:
+    """The suite's cells (those matching ``only``); ``check_data``: each of their data sets checked once."""
     from ..loggers import cell_label
 
     try:
@@ -33,11 +33,28 @@ def suite_cells(suite_path: str, overrides: tuple[str, ...], only: str | None = 
         cells = [c for c in cells if fnmatch.fnmatch(c.id, only) or fnmatch.fnmatch(cell_label(c), only)]
         if not cells:
             fail(f"--only {only}: matches no cell of {suite_path}")
+    if check_data:
+        check_datasets(suite_path, cells)
     return suite, cells
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("QCORE_CACHE", Path.home() / ".cache" / "qcore-bench"))
+def check_datasets(suite_path: str, cells: list[Cell]) -> None:
+    """Each data set of ``cells`` checked once, before any cell is claimed: a missing or malformed
+    root is one line and exit status 2, instead of a failed cell per grid point."""
+    from ..data import DatasetError
+    from ..data.catalog import check_dataset
+
+    seen: set[str] = set()
+    for cell in cells:
+        spec = cell.dataset
+        key = spec.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_dataset(spec.name, spec.root, spec.params)
+        except DatasetError as exc:
+            fail(f"{suite_path}: grid.dataset: {exc}")
 
 
 def claim_timeout_arg(value: float | None) -> float:
@@ -47,13 +64,3 @@ def claim_timeout_arg(value: float | None) -> float:
         return claim_timeout(value)
     except ValueError as exc:
         fail(f"--claim-timeout: {exc}")
-
-
-def stored_label(config: dict[str, Any]) -> str:
-    """The glob-able label of a stored cell config ('' when it no longer parses)."""
-    from ..loggers import cell_label
-
-    try:
-        return cell_label(Cell.model_validate(config))
-    except ValueError:
-        return ""

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 
 import click
 
 from ..registry import GROUPS, registry
-from .common import RESULTS, claim_timeout_arg, fail, stored_label, suite_cells
+from .common import RESULTS, claim_timeout_arg, fail, suite_cells
+
+STATES = ("done", "pending", "failed", "running", "interrupted", "damaged")
+SHOWN = ("done", "pending", "failed")  # always counted, even at 0
 
 @click.command()
 @click.argument("suite", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def validate(suite: str, overrides: tuple[str, ...]) -> None:
     """Check SUITE and print its number of cells; nothing runs."""
-    spec, cells = suite_cells(suite, overrides)
+    spec, cells = suite_cells(suite, overrides, check_data=True)
     click.echo(f"{suite}: ok, suite '{spec.name}' has {len(cells)} cells")
 
 
@@ -30,33 +34,40 @@ def plan(suite: str, results: str, overrides: tuple[str, ...]) -> None:
     done; then the stored cells of this suite that it no longer contains.
     """
     from ..claims import describe
+    from ..loggers import config_label
     from ..store import Store
 
-    spec, cells = suite_cells(suite, overrides)
+    spec, cells = suite_cells(suite, overrides, check_data=True)
     store = Store(results, claim_timeout_arg(None))
-    click.echo("id            dataset   model     bits  fraction noise          method        seed status")
+    rows, counts = [], Counter()
     for c in cells:
         status = store.status(c.id)
+        counts[status] += 1
         note = ""
         if status == "failed":
             note = f"  ({store.read_status(c.id).get('reason', '?')})"
         elif status == "running":
             note = f"  ({describe(store.holder(c.id) or {})})"
         elif status == "damaged":
-            note = f" ({store.damage(c.id)})"
-        click.echo(f"{c.id}  {c.dataset.label:9} {c.model_label:9} {c.bits:5} {c.fraction:<8g} {c.noise.label:14} "
-                   f"{c.method.name:13} {c.seed:<4} {status}{note}")
+            note = f"  ({store.damage(c.id)})"
+        rows.append([c.id, c.dataset.label, c.model_label, c.bits, f"{c.fraction:g}", c.noise.label, c.method.name,
+                     str(c.seed), status + note])
+    header = ["id", "dataset", "model", "bits", "fraction", "noise", "method", "seed", "status"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:  # columns as wide as their longest entry: long data set names stay aligned
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
+    click.echo(f"{len(cells)} cells: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s in SHOWN))
     ids = {c.id for c in cells}
     gone = {cid: cfg for cid, cfg in store.stored().items() if cid not in ids and cfg.get("suite") == spec.name}
     if gone:
         click.echo(f"\n{len(gone)} stored cells of suite '{spec.name}' are not in it any more "
                    "(edited since they ran; `run --clear ID` discards one):")
         for cid, cfg in sorted(gone.items()):
-            click.echo(f"{cid}  {stored_label(cfg) or '(config of an older version)'}  {store.status(cid)}")
+            click.echo(f"{cid}  {config_label(cfg) or '(config of an older version)'}  {store.status(cid)}")
 
 
 @click.command("ls")
-@click.argument("kind", type=click.Choice([*GROUPS, "methods"]))
+@click.argument("kind", type=click.Choice([*GROUPS, "methods"]), required=False)
 @click.argument("pattern", default="*")
 @click.option("--suite", "suite_path", type=click.Path(dir_okay=False), default=None,
               help="methods: also the presets in the methods/ folder beside this suite.")
@@ -64,8 +75,11 @@ def ls(kind: str, pattern: str, suite_path: str | None) -> None:
     """What a registry holds (selectors, datasets, models, methods), with each entry's source.
 
     Method presets come from the built-in methods/ folder, the folders in $QCORE_METHODS and,
-    with --suite, the methods/ folder beside that suite.
+    with --suite, the methods/ folder beside that suite. Without KIND: every kind and its names.
     """
+    if kind is None:
+        _ls_all(suite_path)
+        return
     if kind == "methods":
         from ..presets import PresetError, presets
         from ..registry import natural_key
@@ -95,3 +109,17 @@ def ls(kind: str, pattern: str, suite_path: str | None) -> None:
         click.echo(f"{name:24} {entry.package:16} {entry.target}")
     for name in deepcore:
         click.echo(f"{name:24} {SOURCE:16} deepcore.methods.{name.removeprefix('deepcore:')}")
+
+
+def _ls_all(suite_path: str | None) -> None:
+    """One line per kind: how many entries and their names; ``ls KIND`` shows where each comes from."""
+    from ..presets import PresetError, presets
+    from ..registry import natural_key
+
+    try:
+        methods = sorted(presets(suite_path), key=natural_key)
+    except PresetError as exc:
+        fail(str(exc))
+    for kind, names in [*((k, registry(k).names()) for k in GROUPS), ("methods", methods)]:
+        click.echo(f"{kind:10} {len(names):3}  {', '.join(names)}")
+    click.echo("`qcore-bench ls KIND [PATTERN]` lists each entry with the package or file it comes from.")

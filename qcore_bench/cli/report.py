@@ -36,8 +36,10 @@ def _frame(results: str, suite_name: str | None, from_wandb: str | None = None, 
         store = Store(results)
         if suite_name and Path(suite_name).is_file():  # a suite file: its cells, whichever suite ran them first
             modes = ("per_epoch_fraction", "total_compute") if both_modes else (None,)  # --fair: both budgets
-            ids = {c.id for mode in modes for c in suite_cells(suite_name, (f"budget.mode={mode}",) if mode else ())[1]}
-            df = frame((r for r in store.records() if r["id"] in ids))
+            cells = {c.id: c for mode in modes for c in suite_cells(suite_name, (f"budget.mode={mode}",) if mode else ())[1]}
+            stored = {r["id"]: r for r in store.records() if r["id"] in cells}
+            # in the suite's order (methods as the suite lists them), data sets named as it names them
+            df = frame(_named(stored[cid], cell.dataset.display) for cid, cell in cells.items() if cid in stored)
         else:
             df = frame(store.records(), suite_name)
         for problem in store.problems:  # damaged files: reported, never fatal for the other runs
@@ -46,6 +48,14 @@ def _frame(results: str, suite_name: str | None, from_wandb: str | None = None, 
     if df.empty:
         fail(f"{source}: no finished runs{f' of suite {suite_name}' if suite_name else ''}")
     return df
+
+
+def _named(record: dict[str, Any], display: str | None) -> dict[str, Any]:
+    """The record with the suite file's display name for its data set (not part of the id, so the
+    suite decides, also for cells that ran before it named them)."""
+    if display:
+        record["config"]["dataset"] = {**record["config"]["dataset"], "display": display}
+    return record
 
 
 def _plots(results: str | None, df: Any, out: Path, metric: str) -> list[Path]:
@@ -57,9 +67,20 @@ def _plots(results: str | None, df: Any, out: Path, metric: str) -> list[Path]:
     return plot_all(df, {cid: store.history(cid) for cid in df["id"]} if store else {}, out, metric)
 
 
+def _out(out: str | None, results: str, suite_name: str | None, df: Any) -> Path:
+    """``--out``, else ``RESULTS/tables-NAME``, NAME the suite file's stem, the suite's name, or "all"
+    when the folder holds several suites."""
+    if out is not None:
+        return Path(out)
+    suites = sorted(df["suite"].unique())
+    name = Path(suite_name).stem if suite_name else suites[0] if len(suites) == 1 else "all"
+    return Path(results) / f"tables-{name}"
+
+
 @click.command()
 @RESULTS
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for tables and plots.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for tables and plots [RESULTS/tables-SUITE: beside a committed copy, never over it].")
 @_report_options
 @click.option("--format", "formats", default="md,tex,csv", show_default=True, help="Comma-separated: md, tex, csv.")
 @click.option("--vs", default="random", show_default=True, help="Reference method for the difference column.")
@@ -68,7 +89,7 @@ def _plots(results: str | None, df: Any, out: Path, metric: str) -> list[Path]:
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Also write the plots (PNG and PDF).")
 @click.option("--from-wandb", "from_wandb", metavar="ENTITY/PROJECT", default=None,
               help="Build the tables from a W&B project instead of the results folder (--suite: its group).")
-def table(results: str, out: str, suite_name: str | None, metric: str, formats: str, vs: str, extras: bool,
+def table(results: str, out: str | None, suite_name: str | None, metric: str, formats: str, vs: str, extras: bool,
           fair: bool, plots: bool, from_wandb: str | None) -> None:
     """Aggregate finished runs into tables (printed as Markdown, written to OUT) and plots."""
     from ..report import fair_report, render, summarize, write_reports
@@ -86,19 +107,21 @@ def table(results: str, out: str, suite_name: str | None, metric: str, formats: 
     click.echo(render(summarize(df, metric, vs), metric, vs, extras)["md"])
     if fair:
         click.echo(fair_report(df, vs))
-    paths = write_reports(df, Path(out), fmts, metric, vs, extras, fair)
+    folder = _out(out, results, suite_name, df)
+    paths = write_reports(df, folder, fmts, metric, vs, extras, fair)
     if plots:
-        paths += _plots(None if from_wandb else results, df, Path(out), metric)
+        paths += _plots(None if from_wandb else results, df, folder, metric)
     click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
 
 
 @click.command()
 @RESULTS
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the plots.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for the plots [RESULTS/tables-SUITE].")
 @_report_options
-def plot(results: str, out: str, suite_name: str | None, metric: str) -> None:
+def plot(results: str, out: str | None, suite_name: str | None, metric: str) -> None:
     """Plots only: accuracy vs fraction, vs noise, vs cost; noisy share of the subsets over epochs."""
-    paths = _plots(results, _frame(results, suite_name), Path(out), metric)
+    df = _frame(results, suite_name)
+    paths = _plots(results, df, _out(out, results, suite_name, df), metric)
     click.echo(f"written: {', '.join(str(p) for p in paths)}", err=True)
 
 

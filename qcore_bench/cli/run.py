@@ -10,10 +10,11 @@ from typing import Any
 import click
 
 from ..claims import describe
+from ..paths import cache_dir
 from ..registry import registry
 from ..suite import Cell
 from ..wandb_log import session as wandb_session
-from .common import RESULTS, cache_dir, claim_timeout_arg, fail, stored_label, suite_cells
+from .common import RESULTS, claim_timeout_arg, fail, suite_cells
 
 # run's executor options: (executor parameter, flag); an option the chosen executor does not take is an error
 EXECUTOR_FLAGS = {"gpus": "--gpus", "per_gpu": "--per-gpu", "slots": "--slots", "partition": "--partition",
@@ -52,10 +53,10 @@ def _executor(name: str, options: dict[str, Any]) -> Any:
 
 def _clear(store: Any, patterns: tuple[str, ...], cells: list[Cell]) -> None:
     """Discard stored cells (of this suite or left from an earlier version of it) matching a pattern."""
-    from ..loggers import cell_label
+    from ..loggers import cell_label, config_label
     from ..store import StoreError
 
-    labels = {cid: stored_label(cfg) for cid, cfg in store.stored().items()}
+    labels = {cid: config_label(cfg) for cid, cfg in store.stored().items()}
     labels.update({c.id: cell_label(c) for c in cells if store.dir(c.id).exists()})
     for pattern in patterns:
         hits = [cid for cid, label in labels.items()
@@ -116,7 +117,7 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         fail("under torchrun, run one cell: torchrun --nproc_per_node=G -m qcore_bench run-cell CELL_ID "
               "--suite SUITE (`qcore-bench plan SUITE` lists the ids)")
-    spec, cells = suite_cells(suite, overrides + (("wandb.enabled=true",) if use_wandb else ()), only)
+    spec, cells = suite_cells(suite, overrides + (("wandb.enabled=true",) if use_wandb else ()), only, check_data=True)
     _check_device(device)
     executor = _executor(executor_name, {
         "gpus": gpus, "per_gpu": per_gpu, "slots": slots, "partition": partition, "time": time_min,

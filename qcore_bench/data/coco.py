@@ -178,12 +178,9 @@ def _annotations(base: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def check_coco(root: str | None, **params: Any) -> None:
-    """Both annotation files are there and well formed, run by ``validate`` before any cell starts.
-    A root that does not exist on this machine is left to the cells to report, so that a suite
-    validates where its data are not (a login node, CI)."""
-    base = pathlib.Path(root).expanduser() if root is not None else data_root() / "coco"
-    if base.is_dir():
-        _annotations(base)
+    """The root and both annotation files are there and well formed: run by ``validate``, ``plan``
+    and ``run`` before any cell is claimed, so a missing data set is one line, as for the others."""
+    _annotations(_base(root))
 
 
 @describe("COCO", check_coco)

@@ -122,7 +122,7 @@ def _root(root: str | None) -> pathlib.Path:
     path = pathlib.Path(root).expanduser() if root is not None else data_root() / "imagenet"
     if not path.is_dir():
         raise DatasetError(f"imagenet: root {path} does not exist; expected the layout {LAYOUT}; "
-                           f"point data.root (or $QCORE_DATA) at it")
+                           f"set data.root to the tree, or put it in imagenet/ under the data root ($QCORE_DATA)")
     return path
 
 

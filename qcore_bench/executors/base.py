@@ -78,6 +78,16 @@ class Outcome:
     ran: bool = True  # False: found done (finished earlier or by another process)
 
 
+def outcome_line(cell: Cell, out: Outcome, store: Store) -> str:
+    """How a cell's end reads on run-cell's stderr and in its log.txt, whichever executor ran it."""
+    if out.state == "done":
+        value, metric = headline(out.result or {})
+        return f"{cell.id} {'done' if out.ran else 'was already done'}: final {metric} {value:.2f}"
+    if out.state == "elsewhere":
+        return f"{cell.id} is being run by {out.reason}; not started"
+    return f"{cell.id} failed: {out.reason} (see {store.dir(cell.id) / 'error.txt'})"
+
+
 def _claim(cell: Cell, store: Store, owner: str | None) -> Outcome | None:
     """Claim the cell for this process: None, or why it is not to be run here."""
     if store.is_done(cell.id):
@@ -160,8 +170,7 @@ def record(summary: Summary, progress: ConsoleProgress, i: int, cell: Cell, out:
             value, metric = headline(out.result or {})
             progress.done_cell(i, cell, value, seconds, metric)
         else:
-            progress.console.print(f"skip {i}/{progress.n_cells} {cell.id}: finished by another process",
-                                   highlight=False)
+            progress.note(f"skip {i}/{progress.n_cells} {cell.id}: finished by another process")
     elif out.state == "failed":
         summary.failed[cell.id] = out.reason
         progress.failed_cell(i, cell, out.reason)

@@ -8,11 +8,12 @@ import sys
 from typing import Any
 
 from .. import distributed
+from ..events import PhaseHandler
+from ..loggers import epoch_line
 from ..runner import Runtime
 from ..store import Store
-from ..tasks import headline
 from ..cells import Cell
-from .base import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_INTERRUPTED, run_one
+from .base import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_INTERRUPTED, outcome_line, run_one
 
 
 def _die_with_parent() -> None:
@@ -40,26 +41,20 @@ def run_cell_process(cell: Cell, store: Store, rt: Runtime, die_with_parent: boo
     if die_with_parent:
         _die_with_parent()
 
-    def on_epoch(epoch: int, total: int, acc: float) -> None:
-        print(f"{cell.id} epoch {epoch + 1}/{total} test acc {acc:.2f}", file=sys.stderr, flush=True)
-
     def say(message: str) -> None:  # once, not once per torchrun rank
         if distributed.is_main():
-            print(message, file=sys.stderr)
+            print(message, file=sys.stderr, flush=True)
+
+    def on_epoch(epoch: int, total: int, acc: float) -> None:
+        print(epoch_line(cell.id, epoch, total, acc), file=sys.stderr, flush=True)
 
     try:
-        out = run_one(cell, store, rt, on_epoch=on_epoch)
+        with PhaseHandler(lambda phase: say(f"{cell.id} {phase}")):  # the teacher's and proxies' training
+            out = run_one(cell, store, rt, on_epoch=on_epoch)
     except KeyboardInterrupt:
         say(f"{cell.id} interrupted; it resumes from its last checkpoint")
         return EXIT_INTERRUPTED
     finally:  # called in-process too (tests, slurm tasks): leave the caller's handler as it was
         signal.signal(signal.SIGTERM, previous)
-    if out.state == "done":
-        value, metric = headline(out.result or {})
-        say(f"{cell.id} {'done' if out.ran else 'was already done'}: final {metric} {value:.2f}")
-        return EXIT_DONE
-    if out.state == "elsewhere":
-        say(f"{cell.id} is being run by {out.reason}; not started")
-        return EXIT_ELSEWHERE
-    say(f"{cell.id} failed: {out.reason} (see {store.dir(cell.id) / 'error.txt'})")
-    return EXIT_FAILED
+    say(outcome_line(cell, out, store))
+    return {"done": EXIT_DONE, "elsewhere": EXIT_ELSEWHERE}.get(out.state, EXIT_FAILED)

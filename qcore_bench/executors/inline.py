@@ -1,12 +1,13 @@
-"""The inline executor: one cell after another in this process."""
+"""The inline executor: one cell after another in this process, each leaving a log.txt as under the pool."""
 
 from __future__ import annotations
 
+import os
 import time
 
-from ..loggers import ConsoleProgress
 from ..cells import Cell
-from .base import Executor, Job, Summary, record, run_one, total_epochs
+from ..loggers import CellLog, ConsoleProgress
+from .base import Executor, Job, Summary, outcome_line, record, run_one, total_epochs
 
 
 class InlineExecutor(Executor):
@@ -19,7 +20,14 @@ class InlineExecutor(Executor):
                 progress.start_cell(i, cell)
                 start = time.perf_counter()
                 try:
-                    out = run_one(cell, job.store, rt, on_epoch=progress.epoch)
+                    with CellLog(job.store.dir(cell.id), cell.id, f"inline executor, pid {os.getpid()}") as log:
+                        def on_epoch(epoch: int, total: int, acc: float) -> None:
+                            progress.epoch(epoch, total, acc)
+                            log.epoch(epoch, total, acc)
+
+                        out = run_one(cell, job.store, rt, on_epoch=on_epoch)
+                        if out.ran and out.state != "elsewhere":
+                            log.write(outcome_line(cell, out, job.store))
                 except KeyboardInterrupt:
                     summary.interrupted = True
                     break

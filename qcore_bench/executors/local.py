@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..claims import describe
-from ..loggers import ConsoleProgress
+from ..loggers import PHASE_LINE, ConsoleProgress
 from ..store import Store
 from ..cells import Cell
 from .base import (EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_INTERRUPTED, Executor, ExecutorError, Job, Outcome,
@@ -43,6 +43,7 @@ class _Child:
     log: IO[bytes]
     started: float
     epochs_seen: int
+    log_seen: int  # bytes of log.txt already read for teacher and proxy lines
     wall_start: float = field(default_factory=time.time)
 
 
@@ -164,7 +165,7 @@ class LocalExecutor(Executor):
         assert proc.stdin is not None
         proc.stdin.write(job.payload(cell).encode())
         proc.stdin.close()
-        return _Child(cell, index, proc, log, time.perf_counter(), _history_length(job.store, cell.id))
+        return _Child(cell, index, proc, log, time.perf_counter(), _history_length(job.store, cell.id), log.tell())
 
     @staticmethod
     def _report_epochs(child: _Child, store: Store, progress: ConsoleProgress) -> None:
@@ -176,6 +177,15 @@ class LocalExecutor(Executor):
                 break
             progress.epoch(h.get("epoch", 0), child.cell.train.epochs, h.get("test_acc", h.get("test_map", float("nan"))))
             child.epochs_seen += 1
+        with open(store.dir(child.cell.id) / "log.txt", "rb") as f:  # the cell's teacher and proxy lines
+            f.seek(child.log_seen)
+            new = f.read()
+        done = new.rfind(b"\n") + 1  # whole lines only: the rest is being written
+        child.log_seen += done
+        for line in new[:done].decode(errors="replace").splitlines():
+            match = PHASE_LINE.match(line)
+            if match:
+                progress.line("train", "cyan", f"{child.index}/{progress.n_cells} {match['id']} {match['text']}")
 
     @staticmethod
     def _finish(child: _Child, store: Store, summary: Summary, progress: ConsoleProgress,
@@ -213,7 +223,7 @@ class LocalExecutor(Executor):
 
     def _stop(self, children: list[_Child], store: Store, summary: Summary, progress: ConsoleProgress) -> None:
         """Ctrl-C: ask every child to stop (it checkpoints and releases its claim), then make sure."""
-        progress.console.print(f"interrupted: stopping {len(children)} running cells", highlight=False)
+        progress.note(f"interrupted: stopping {len(children)} running cells")
         for child in children:
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGINT)

@@ -96,8 +96,8 @@ def selectors_for(task: str) -> list[str]:
 def suite_task_error(suite: Any) -> tuple[str, str] | None:
     """The first (key, message) of a suite that pairs a task with what does not handle it: a model
     built for another task, a selector that does not declare it, a setting detection lacks
-    (distillation, equal-compute budgets, the classifiers' layer policies), or a detection data set
-    whose files fail its check (COCO annotations); None when all pair up."""
+    (distillation, equal-compute budgets, the classifiers' layer policies); None when all pair up.
+    (Each data set's files are checked by the commands, once, before any cell is claimed.)"""
     g = suite.grid
     for i, ds in enumerate(g.dataset):
         task = dataset_task(ds.name)
@@ -111,13 +111,6 @@ def suite_task_error(suite: Any) -> tuple[str, str] | None:
                 return (f"grid.method[{j}]", f"selector '{m.selector}' does not support {task} (data set "
                                              f"'{ds.name}'); selectors for {task}: {', '.join(selectors_for(task))}")
         if task == "detection":
-            from ..data.bundle import DatasetError
-            from ..data.catalog import check_dataset
-
-            try:  # detection sets check their annotation files before any cell starts
-                check_dataset(ds.name, ds.root, ds.params)
-            except DatasetError as exc:
-                return f"grid.dataset[{i}]", str(exc)
             if suite.train.kd.enabled:
                 return "train.kd.enabled", "distillation is not defined for detection; set it to false"
             if suite.budget.mode != "per_epoch_fraction":

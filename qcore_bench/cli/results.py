@@ -1,0 +1,60 @@
+"""``show`` (one stored cell in full) and ``compare`` (two results folders cell by cell)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import RESULTS, fail
+
+
+@click.command()
+@click.argument("cell")
+@RESULTS
+@click.option("--log-lines", type=click.IntRange(min=0), default=40, show_default=True,
+              help="How many of the last lines of log.txt and error.txt to show.")
+def show(cell: str, results: str, log_lines: int) -> None:
+    """One cell: config, provenance, result, per-epoch history and log, whichever executor ran it.
+
+    CELL is an id, the start of one, or a label glob matching one cell, e.g.
+    'digits/resnet8/w2a32/f0.1/clean/acs/s0'.
+    """
+    from ..show import CellNotFound, find_cell, render_cell
+    from ..store import Store
+
+    store = Store(results)
+    if not store.runs.is_dir():
+        fail(f"{results}: no runs/ folder; expected a results folder (--results)")
+    try:
+        cid = find_cell(store, cell)
+    except CellNotFound as exc:
+        fail(str(exc))
+    click.echo(render_cell(store, cid, log_lines), nl=False)
+
+
+@click.command()
+@click.argument("folder_a", type=click.Path(file_okay=False))
+@click.argument("folder_b", type=click.Path(file_okay=False))
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Accuracy points two runs of a cell may differ by (final, best, any epoch) and still agree.")
+@click.option("--all", "every", is_flag=True, help="A row for every shared cell, identical ones included.")
+def compare(folder_a: str, folder_b: str, tolerance: float, every: bool) -> None:
+    """Compare the finished cells of two results folders (two code versions, two machines) cell by cell.
+
+    Cells are matched by id. Exit status 0 when every shared cell agrees within the tolerance,
+    1 when some differ by more (so CI can run it), 2 on bad input.
+    """
+    from ..compare import compare as compare_stores
+    from ..compare import render
+    from ..store import Store
+
+    for folder in (folder_a, folder_b):
+        if not (Path(folder) / "runs").is_dir():
+            fail(f"{folder}: no runs/ folder; expected a results folder")
+    result = compare_stores(Store(folder_a), Store(folder_b))
+    if not result.cells:
+        fail(f"{folder_a} and {folder_b} share no finished cell")
+    click.echo(render(result, (folder_a, folder_b), tolerance, every), nl=False)
+    if result.differing(tolerance):
+        raise SystemExit(1)
