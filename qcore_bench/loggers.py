@@ -149,6 +149,7 @@ class CellLog:
     def __init__(self, folder: Path, cell_id: str, header: str) -> None:
         self.path, self.cell_id, self.header = folder / "log.txt", cell_id, header
         self.file: IO[str] | None = None
+        self.unwritable = False
         self.phases = PhaseHandler(lambda phase: self.write(f"{self.cell_id} {phase}"))
 
     def __enter__(self) -> "CellLog":
@@ -161,12 +162,17 @@ class CellLog:
             self.file.close()
 
     def write(self, line: str) -> None:
-        if self.file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "a")
-            self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
-        self.file.write(line + "\n")
-        self.file.flush()
+        if self.unwritable:
+            return
+        try:
+            if self.file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.path, "a")
+                self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError:  # a cell folder that cannot be written: the cell's failure says so, the sweep goes on
+            self.unwritable = True
 
     def epoch(self, epoch: int, total: int, acc: float) -> None:
         self.write(epoch_line(self.cell_id, epoch, total, acc))

@@ -70,7 +70,7 @@ def row(rows: list[dict[str, str]], method: str) -> dict[str, str]:
 def plan_status(suite: Path, results: Path, folder: Path) -> str:
     out = run("plan", str(suite), "--results", str(results))
     (line,) = [x for x in out.output.splitlines() if x.startswith(folder.name)]
-    return line
+    return " ".join(line.split())  # columns are padded to their widest entry
 
 
 def warnings(out: object) -> list[str]:
