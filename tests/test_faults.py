@@ -62,6 +62,21 @@ def test_a_corrupt_cache_file_is_named_set_aside_and_built_again_once(
     assert {r["id"]: r["result"]["final_acc"] for r in Store(results).records()} == before  # the same numbers
 
 
+def test_a_corrupt_detection_teacher_is_set_aside_and_built_again(tmp_path: Path, own_cache: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from test_detection_cell import write
+
+    suite, results = write(tmp_path / "s.yaml"), tmp_path / "r"
+    assert run("run", str(suite), "--results", str(results)).exit_code == 0
+    before = {r["id"]: r["result"]["final_map"] for r in Store(results).records()}
+    (damaged,) = (own_cache / "teachers").glob("*.pt")
+    damaged.write_bytes(b"")  # an empty file: a copy that never started
+    out = run("run", str(suite), "--results", str(results), "--clear", "*")
+    assert out.exit_code == 0, out.output
+    assert f"detection teacher {damaged} is unreadable" in caplog.text and caplog.text.count("is unreadable") == 1
+    assert {r["id"]: r["result"]["final_map"] for r in Store(results).records()} == before
+
+
 def test_a_diverging_teacher_is_named_and_not_trained_again_for_each_cell(tmp_path: Path) -> None:
     teacher = {**TINY["teacher"], "lr": 1e30, "schedule": "constant"}
     suite = write_suite(tmp_path / "s.yaml", {"teacher": teacher}, method=["full", "random"])

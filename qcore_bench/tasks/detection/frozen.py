@@ -7,7 +7,6 @@ Detection runs in float32 on every device (no bf16 autocast), so a key names the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -17,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ...claims import file_lock
+from ...cache import load_or_build
 from ...data.coco import DetectionData
 from ...files import atomic_write
 from ...models.retinanet import build_detector, load_checkpoint
@@ -72,23 +71,28 @@ def get_teacher(cell: Cell, data: DetectionData, labels: list[torch.Tensor], cac
                          f"{'a backbone' if kind else 'none'}; drop teacher.pretrained to train from it")
     model = to_device(model, device)
     path = cache_dir / "teachers" / f"{cell.model}-{key}.pt"
-    with contextlib.ExitStack() as lock:
-        if not path.is_file():
-            lock.enter_context(file_lock(path))
-        if path.is_file():
-            saved = torch.load(path, map_location=device, weights_only=True)
-            model.load_state_dict(saved["state_dict"])
-            info = TeacherInfo(key, saved["test_map"], saved["seconds"], saved["samples"], cached=True)
-        else:
-            start, samples = time.perf_counter(), 0
-            if not cell.teacher.pretrained:
-                samples = _fit(model, cell.teacher, cell.teacher.epochs, cell.teacher.epochs, data, labels, device,
-                               lambda e: make_generator(cell.seed, "teacher-train", e))
-            test_map = evaluate_map(model, data, batch_size, device)["test_map"]
-            info = TeacherInfo(key, test_map, time.perf_counter() - start, samples, cached=False)
-            state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_map": test_map,
-                     "seconds": info.seconds, "samples": samples}
-            atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+    init = {k: v.clone() for k, v in model.state_dict().items()}  # a damaged file must not leave weights behind
+
+    def load(p: Path) -> TeacherInfo:
+        saved = torch.load(p, map_location=device, weights_only=True)
+        info = TeacherInfo(key, float(saved["test_map"]), saved["seconds"], saved["samples"], cached=True)
+        model.load_state_dict(saved["state_dict"])
+        return info
+
+    def train() -> TeacherInfo:
+        model.load_state_dict(init)
+        start, samples = time.perf_counter(), 0
+        if not cell.teacher.pretrained:
+            samples = _fit(model, cell.teacher, cell.teacher.epochs, cell.teacher.epochs, data, labels, device,
+                           lambda e: make_generator(cell.seed, "teacher-train", e))
+        test_map = evaluate_map(model, data, batch_size, device)["test_map"]
+        info = TeacherInfo(key, test_map, time.perf_counter() - start, samples, cached=False)
+        state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "test_map": test_map,
+                 "seconds": info.seconds, "samples": samples}
+        atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+        return info
+
+    info = load_or_build(path, load, train, "detection teacher")[0]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -99,14 +103,14 @@ def cached_teacher_anchors(teacher: nn.Module, key: str, data: DetectionData, ca
                            device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The teacher's confident anchors per training image, computed once (on disk, shared by cells)."""
     path = cache_dir / "outputs" / f"det-{key}.pt"
-    with contextlib.ExitStack() as lock:
-        if not path.is_file():
-            lock.enter_context(file_lock(path))
-        if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def compute() -> list[dict[str, torch.Tensor]]:
         out = teacher_anchors(teacher, data, batch_size, device)
         atomic_write(path, lambda f: torch.save(out, f), mode="wb")
         return out
+
+    return load_or_build(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), compute,
+                         "teacher anchors")[0]
 
 
 def train_proxy(cell: Cell, recipe: ProxyRecipe, repeat: int, data: DetectionData, labels: list[torch.Tensor],
@@ -119,12 +123,12 @@ def train_proxy(cell: Cell, recipe: ProxyRecipe, repeat: int, data: DetectionDat
                  "bits": [cell.w_bits, cell.a_bits] if recipe.quantized else None, "what": "det-proxy"})
     path = cache_dir / "proxies" / f"det-{key}.pt"
     empty = torch.zeros(0, data.n_train)
-    with contextlib.ExitStack() as lock:
-        if not path.is_file():
-            lock.enter_context(file_lock(path))
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-            return ProxyRun(empty.bool(), empty, saved["terms"], saved["samples"], saved["seconds"], True, key)
+
+    def load(p: Path) -> ProxyRun:
+        saved = torch.load(p, map_location="cpu", weights_only=False)
+        return ProxyRun(empty.bool(), empty, saved["terms"], saved["samples"], saved["seconds"], True, key)
+
+    def train() -> ProxyRun:
         start = time.perf_counter()
         if recipe.init == "teacher":
             model = teacher
@@ -149,3 +153,5 @@ def train_proxy(cell: Cell, recipe: ProxyRecipe, repeat: int, data: DetectionDat
         atomic_write(path, lambda f: torch.save({"terms": terms, "samples": samples, "seconds": seconds}, f),
                      mode="wb")
         return ProxyRun(empty.bool(), empty, terms, samples, seconds, False, key)
+
+    return load_or_build(path, load, train, "detection proxy run")[0]
