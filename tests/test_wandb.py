@@ -157,7 +157,7 @@ def test_an_unreachable_wandb_costs_one_init_timeout_per_sweep_not_per_cell(tmp_
     timed, out = sweep("wandb", "--wandb")
     assert out.returncode == 0, out.stderr
     print(f"no W&B {plain:.1f}s, W&B offline {offline:.1f}s, W&B online and unreachable {timed:.1f}s")
-    assert timed - offline < 10 + 6, (plain, offline, timed)  # one 10 s init timeout per sweep
+    assert timed - offline < 10 + 8, (plain, offline, timed)  # one 10 s init timeout per sweep, and its teardown
     tried = [d for d in (tmp_path / "wandb" / "runs").iterdir() if "W&B unreachable" in (d / "log.txt").read_text()]
     assert len(tried) == 1  # the other cell processes never tried
     assert out.stderr.count("W&B was unreachable (CommError") == 1 and "qcore-bench sync --results" in out.stderr
