@@ -295,6 +295,18 @@ def test_unreadable_includes_and_folders_for_files(tmp_path: Path) -> None:
     one_line_exit_2(run("validate", str(tmp_path / "folder.yaml")), "folder.yaml: a folder, not a suite file")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_cuda_device_this_machine_lacks_is_one_line_before_any_cell(tmp_path: Path) -> None:
+    suite, results = write_suite(tmp_path / "s.yaml"), tmp_path / "r"
+    one_line_exit_2(run("run", str(suite), "--results", str(results), "--device", "cuda"),
+                    "--device: 'cuda' asked for, but this machine has no CUDA device; use cpu or auto")
+    (tmp_path / "gpu.yaml").write_text(suite.read_text() + "device: cuda:1\n")
+    one_line_exit_2(run("run", str(tmp_path / "gpu.yaml"), "--results", str(results)),
+                    "gpu.yaml: device: 'cuda:1' asked for, but this machine has no CUDA device")
+    assert not results.exists()
+    assert run("validate", str(tmp_path / "gpu.yaml")).exit_code == 0  # a suite for a GPU validates anywhere
+
+
 def test_options_a_probe_found(tmp_path: Path, finished: tuple) -> None:
     suite, results, _ = finished
     one_line_exit_2(run("run", str(suite), "--results", str(results), "--device", "tpu"),

@@ -123,6 +123,8 @@ def run(suite: str, results: str, overrides: tuple[str, ...], only: str | None, 
         "gpus": gpus, "per_gpu": per_gpu, "slots": slots, "partition": partition, "time": time_min,
         "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
         "array_parallelism": array_parallelism, "sbatch": sbatch, "cluster": slurm_cluster, "wait": wait})
+    if executor_name != "slurm":  # the cells run on this machine: the device they ask for must be here
+        _check_device_here(device or spec.device, "--device" if device else f"{suite}: device")
     from ..executors import ExecutorError, Job  # heavy imports only once the input is known to be valid
     from ..store import Store
 
@@ -163,6 +165,20 @@ def _check_device(device: str | None) -> None:
             check_device(device)
         except ValueError as exc:
             fail(f"--device: {exc}")
+
+
+def _check_device_here(name: str, where: str) -> None:
+    """A CUDA device that this machine lacks is one line before any cell is claimed, not a failed
+    cell (torch's "no NVIDIA driver") per grid point."""
+    if not name.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.partition(":")[2] or 0)
+    if index >= count:
+        have = f"{count} CUDA device{'s' if count > 1 else ''}" if count else "no CUDA device"
+        fail(f"{where}: '{name}' asked for, but this machine has {have}; use cpu or auto")
 
 
 def _check_writable(results: str) -> None:
@@ -288,6 +304,7 @@ def run_cell_cmd(cell_id: str, results: str, suite_path: str | None, overrides: 
     from ..executors import run_cell_process, runtime_from_payload
 
     dev = device or (spec.device if spec is not None else "auto")
+    _check_device_here(dev, "--device" if device else f"{suite_path}: device")
     ebs = eval_batch_size or (spec.eval_batch_size if spec is not None else 1024)
     if cpu_threads is not None:
         payload = {**payload, "cpu_threads": cpu_threads}
