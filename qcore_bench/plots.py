@@ -31,7 +31,10 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"
-        atomic_write(path, lambda f, e=ext: fig.savefig(f, format=e, dpi=150, bbox_inches="tight"), mode="wb")
+        # no creation date in a PDF: the same results give the same bytes, so a regenerated plot is no diff
+        meta = {"CreationDate": None} if ext == "pdf" else None
+        atomic_write(path, lambda f, e=ext, m=meta: fig.savefig(f, format=e, dpi=150, bbox_inches="tight", metadata=m),
+                     mode="wb")
         paths.append(path)
     return paths
 

@@ -214,3 +214,16 @@ def test_table_entries_and_extras_are_the_means_a_user_reads() -> None:
         f"sel {g.selection_seconds.mean():.1f}s, proxy {g.proxy.map(lambda p: sum(p['keys'].values())).mean():.1f}s, "
         f"train {g.train_seconds.mean():.1f}s, "
         f"noisy {g.noisy_selected_frac_mean.mean():.1%}, seen {(g.distinct_samples_seen / g.train_size).mean():.0%}")
+
+
+def test_regenerated_tables_and_plots_are_the_same_bytes(tmp_path: Path) -> None:
+    """Committed results regenerate without a diff: no date or other run-dependent bytes in any file."""
+    repo = Path(__file__).resolve().parents[1]
+    outs = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        done = CliRunner().invoke(main, ["table", "--suite", str(repo / "suites" / "quickstart.yaml"),
+                                         "--results", str(repo / "results" / "quickstart"), "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        outs.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert {n for n in outs[0] if n.endswith(".pdf")} and outs[0] == outs[1]
