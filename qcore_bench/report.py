@@ -313,7 +313,8 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
     """Per group and fraction: accuracy in both budget modes, coverage, selection cost share, noisy share."""
     if df.empty:
         return "No finished runs.\n"
-    out = ["Fair comparison: final-epoch top-1 at equal per-epoch fraction (the paper's protocol) and at equal "
+    headline = "top-1" if (df["metric"] == "top-1").all() else "top-1 (mAP@[.5:.95] in groups headed 'metric mAP')"
+    out = [f"Fair comparison: final-epoch {headline} at equal per-epoch fraction (the paper's protocol) and at equal "
            "total compute (cost model in the README), distinct training samples seen over the run, the share of "
            "compute spent selecting (scoring passes and proxies), and the share of label-noisy samples in the "
            f"selected subsets; Δ is paired against {vs} where seeds pair up.\n"]
@@ -340,7 +341,8 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
         table = pd.DataFrame(rows).set_index(["fraction", "method"])
         table.index = [f"{a} {b}" for a, b in table.index]
         table.index.name = "fraction, method"
-        out.append(f"### {title(keys, g)}\n\n{_md(table)}\n")
+        mark = ", metric mAP" if g["metric"].iloc[0] == "mAP" else ""
+        out.append(f"### {title(keys, g)}{mark}\n\n{_md(table)}\n")
     return "\n".join(out)
 
 

@@ -227,3 +227,15 @@ def test_regenerated_tables_and_plots_are_the_same_bytes(tmp_path: Path) -> None
         assert done.exit_code == 0, done.output
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert {n for n in outs[0] if n.endswith(".pdf")} and outs[0] == outs[1]
+
+
+def test_fair_report_names_map_for_detection_groups() -> None:
+    """A detection group's numbers are mAP: fair.md must not call them top-1."""
+    from qcore_bench.store import Store
+
+    repo = Path(__file__).resolve().parents[1]
+    text = fair_report(frame(Store(repo / "results" / "detection_cpu").records()))
+    assert "top-1 (mAP@[.5:.95] in groups headed 'metric mAP')" in text
+    assert all(line.endswith(", metric mAP") for line in text.splitlines() if line.startswith("### "))
+    classification = fair_report(frame(Store(repo / "results" / "quickstart").records()))
+    assert "mAP" not in classification
