@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .integrity import headline_keys
 from .loggers import config_label
 from .store import Store
 
-EPOCH_KEYS = ("test_acc", "test_loss", "train_loss")
+EPOCH_KEYS = ("test_loss", "train_loss")  # besides the headline's per-epoch key (test_acc, or test_map)
 PROVENANCE_KEYS = ("torch", "numpy", "python", "device", "device_name", "cpu_threads", "host")
 
 
@@ -63,14 +64,15 @@ def compare(a: Store, b: Store) -> Comparison:
     seen: dict[str, tuple[set[str], set[str]]] = {}
     for cid in sorted(ra.keys() & rb.keys()):
         x, y = ra[cid]["result"], rb[cid]["result"]
+        final, best, per_epoch = headline_keys(x)  # top-1, or mAP for a detection cell
         hx, hy = a.history(cid), b.history(cid)
-        gaps = [abs(p.get("test_acc", math.nan) - q.get("test_acc", math.nan)) for p, q in zip(hx, hy)]
+        gaps = [abs(p.get(per_epoch, math.nan) - q.get(per_epoch, math.nan)) for p, q in zip(hx, hy)]
         first = next((e for e, (p, q) in enumerate(zip(hx, hy))
-                      if any(p.get(k) != q.get(k) for k in EPOCH_KEYS)), None)
+                      if any(p.get(k) != q.get(k) for k in (per_epoch, *EPOCH_KEYS))), None)
         if first is None and len(hx) != len(hy):
             first = min(len(hx), len(hy))
-        out.cells.append(CellDiff(cid, config_label(ra[cid]["config"]), (x["final_acc"], y["final_acc"]),
-                                  (x["best_acc_over_epochs"], y["best_acc_over_epochs"]),
+        out.cells.append(CellDiff(cid, config_label(ra[cid]["config"]), (x[final], y.get(final, math.nan)),
+                                  (x[best], y.get(best, math.nan)),
                                   max(gaps, default=0.0), first))
         for key in (*PROVENANCE_KEYS, "commit"):
             pair = seen.setdefault(key, (set(), set()))

@@ -64,3 +64,23 @@ def test_show_finds_a_cell_by_id_prefix_or_label_and_shows_everything(tmp_path: 
         find_cell(store, "*/acs/*")
     with pytest.raises(CellNotFound, match=r"no stored cell has an id starting with 'zzz'"):
         find_cell(store, "zzz")
+
+
+def test_compare_reads_a_detection_cells_map(tmp_path: Path) -> None:
+    """Detection results hold mAP, not top-1: compare grades them on it (it used to raise KeyError)."""
+    detection = QUICKSTART.parent / "detection_cpu"
+    cid = sorted(p.name for p in (detection / "runs").iterdir())[0]
+    shutil.copytree(detection / "runs" / cid, tmp_path / "runs" / cid)
+    store = Store(tmp_path)
+    d = store.dir(cid)
+    rows = [json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()]
+    result = json.loads((d / "result.json").read_text())
+    assert result["metric"] == "mAP" and "test_map" in rows[-1]
+    result["final_map"] += 0.5
+    (d / "result.json").write_text(json.dumps(result))
+    rows[1]["test_map"] += 0.25
+    (d / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmp = compare(Store(detection), store)
+    (cell,) = cmp.cells
+    assert cell.delta == pytest.approx(0.5) and cell.first_epoch == 1 and cell.epoch_delta == pytest.approx(0.25)
+    assert "1 cells in both: 0 identical, 0 within 0 points, 1 differ by more" in render(cmp, ("a", "b"), 0.0)
