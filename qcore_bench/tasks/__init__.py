@@ -58,6 +58,16 @@ def headline(result: dict[str, Any]) -> tuple[float, str]:
     return float(result.get("final_acc", float("nan"))), "acc"
 
 
+def loop_totals(state: dict[str, Any], cell: Any, n: int) -> dict[str, Any]:
+    """What every task's result says about its epoch loop (length, budget, cost, selections, training),
+    from the loop state it checkpoints; ``n``: training-set size."""
+    return {"epochs": state["epochs"], "budget_mode": cell.budget.mode,
+            "cost_units": {**state["units"], "total": sum(state["units"].values())},
+            "selections": state["selections"], "selection_seconds": state["selection_seconds"],
+            "train_seconds": state["train_seconds"], "samples_trained": state["samples"],
+            "distinct_samples_seen": int(state["seen"].sum()), "train_size": n}
+
+
 def task_name(obj: Any) -> str:
     """The task a data-set loader or model builder is for: its ``task`` attribute, else classification."""
     return getattr(obj, "task", "classification")

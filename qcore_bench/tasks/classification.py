@@ -38,7 +38,7 @@ from ..store import Store
 from ..cells import Cell
 from ..teacher import OutputCache, get_teacher
 from ..training import autocast, evaluate, kd_loss, make_optimizer, make_scheduler, to_device, train_epoch
-from . import Task
+from . import Task, loop_totals
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -209,15 +209,7 @@ class Classification(Task):
         result = {
             "final_acc": hist[-1]["test_acc"],
             "best_acc_over_epochs": max(h["test_acc"] for h in hist),
-            "epochs": state["epochs"],
-            "budget_mode": cell.budget.mode,
-            "cost_units": {**state["units"], "total": sum(state["units"].values())},
-            "selections": state["selections"],
-            "selection_seconds": state["selection_seconds"],
-            "train_seconds": state["train_seconds"],
-            "samples_trained": state["samples"],
-            "distinct_samples_seen": int(state["seen"].sum()),
-            "train_size": n,
+            **loop_totals(state, cell, n),
             "noisy_in_train": int(noise_mask.sum()),
             "noisy_selected_frac_mean": float(np.mean(state["noisy_selected"])),
             "proxy": proxies.cost,

@@ -26,7 +26,7 @@ from ...selection import AnchorTerms, ProxyRecipe, SelectionContext, SelectionEr
 from ...store import Store
 from ...cells import Cell
 from ...training import make_optimizer, make_scheduler, to_device
-from .. import Task
+from .. import Task, loop_totals
 from .frozen import cached_teacher_anchors, get_teacher, train_proxy
 from .steps import anchor_terms, evaluate_map, images, train_pass
 
@@ -171,15 +171,7 @@ class Detection(Task):
             "final_ap50": hist[-1]["test_ap50"],
             "final_ap75": hist[-1]["test_ap75"],
             "best_map_over_epochs": max(h["test_map"] for h in hist),
-            "epochs": state["epochs"],
-            "budget_mode": cell.budget.mode,
-            "cost_units": {**state["units"], "total": sum(state["units"].values())},
-            "selections": state["selections"],
-            "selection_seconds": state["selection_seconds"],
-            "train_seconds": state["train_seconds"],
-            "samples_trained": state["samples"],
-            "distinct_samples_seen": int(state["seen"].sum()),
-            "train_size": n,
+            **loop_totals(state, cell, n),
             "train_boxes": int(boxes_per_image.sum()),
             "noisy_in_train": int(flipped_per_image.sum()),
             "noisy_images_in_train": int(noisy_image.sum()),
