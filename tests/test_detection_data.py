@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from qcore_bench.data.bundle import DatasetError
 from qcore_bench.data.coco import DetectionData, Split, apply_box_noise, load_coco, read_annotations
@@ -87,6 +88,26 @@ def test_shapes_is_real_coco_read_back_by_the_same_loader(shapes: DetectionData,
     assert all(torch.equal(a, b) for a, b in zip(again.train.boxes, shapes.train.boxes))
     other = load_shapes(None, tmp_path, n_train=24, n_test=8, image_size=64, seed=1)
     assert not torch.equal(other.image("train", 0), shapes.image("train", 0))
+
+
+def test_shapes_overlap_and_size_parameters_hold_for_every_box(tmp_path: Path) -> None:
+    def boxes(**params: float) -> list[torch.Tensor]:
+        return load_shapes(None, tmp_path, n_train=40, n_test=4, image_size=64, **params).train.boxes
+
+    def overlapping(bs: list[torch.Tensor]) -> int:
+        return sum(int((box_iou(b, b).triu(1) > 0).sum()) for b in bs)
+
+    def extent(bs: list[torch.Tensor]) -> torch.Tensor:  # the longer side of each box
+        b = torch.cat(bs)
+        return torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+
+    default, apart = boxes(), boxes(max_overlap=0.0, min_radius=0.2)
+    assert overlapping(default) > 0 and overlapping(apart) == 0
+    # every shape's longer side spans at least 1.4 radii (a square's, the least); min 0.2 x 64 px
+    assert extent(default).min() < 1.4 * 0.2 * 64 <= extent(apart).min()
+    for bad in ({"max_overlap": 1.0}, {"min_radius": 0.3}, {"min_radius": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            boxes(**bad)
 
 
 def test_box_noise_flips_exactly_the_share_of_boxes_to_other_classes(shapes: DetectionData) -> None:

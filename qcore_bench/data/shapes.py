@@ -2,8 +2,8 @@
 
 A seeded generator draws, per image, a cluttered background (a colour gradient, random
 lines and small blobs that are not objects) and 1 to ``max_objects`` filled shapes of
-``CLASSES`` with varied sizes and colours, placed with little overlap; the tight box of
-each shape is its annotation. The images (PNG) and ``annotations/instances_*.json`` go
+``CLASSES`` with varied sizes and colours, whose boxes overlap by at most ``max_overlap``
+(IoU); the tight box of each shape is its annotation. The images (PNG) and ``annotations/instances_*.json`` go
 into ``<cache>/data/shapes-<hash of the parameters>``, written once (atomic rename), and
 are read back through ``load_coco``: the same path as COCO itself. The drawing seed is a
 parameter of the data set, never the cell's seed, so every cell sees the same images.
@@ -26,6 +26,7 @@ from qcore_bench.data.coco import DetectionData, load_coco
 
 CLASSES = ("circle", "square", "triangle", "cross", "star")
 CAT_IDS = (1, 3, 5, 7, 9)  # gaps on purpose, as in COCO: the loader maps ids to classes
+MAX_RADIUS = 0.25  # the largest object radius, as a share of the image size
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -46,7 +47,8 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * x, cy + r * y) for x, y in pts]
 
 
-def _image(rng: np.random.Generator, size: int, max_objects: int) -> tuple[object, list[tuple[int, list[float]]]]:
+def _image(rng: np.random.Generator, size: int, max_objects: int, max_overlap: float, min_radius: float
+           ) -> tuple[object, list[tuple[int, list[float]]]]:
     from PIL import Image, ImageDraw
 
     c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
@@ -66,7 +68,7 @@ def _image(rng: np.random.Generator, size: int, max_objects: int) -> tuple[objec
     objects: list[tuple[int, list[float]]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _try in range(20):
-            r = rng.uniform(0.1, 0.25) * size
+            r = rng.uniform(min_radius, MAX_RADIUS) * size
             cx, cy = rng.uniform(r, size - r, 2)
             kind = int(rng.integers(len(CLASSES)))
             name = CLASSES[kind]
@@ -74,7 +76,7 @@ def _image(rng: np.random.Generator, size: int, max_objects: int) -> tuple[objec
                    else _polygon(name, cx, cy, r, rng.uniform(0, 2 * math.pi)))
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             box = [max(0.0, min(xs)), max(0.0, min(ys)), min(size, max(xs)), min(size, max(ys))]
-            if all(_iou(box, other) < 0.2 for _, other in objects):
+            if all(_iou(box, other) <= max_overlap for _, other in objects):
                 break
         else:
             continue
@@ -94,7 +96,8 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_objects: int, seed: int) -> None:
+def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_objects: int, seed: int,
+             max_overlap: float = 0.2, min_radius: float = 0.1) -> None:
     """Write the COCO layout of a shapes set under ``out`` (train2017/, val2017/, annotations/)."""
     rng = np.random.default_rng(seed)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_object
         (out / split).mkdir(exist_ok=True)
         images, anns = [], []
         for _ in range(n):
-            img, objects = _image(rng, size, max_objects)
+            img, objects = _image(rng, size, max_objects, max_overlap, min_radius)
             name = f"{image_id:08d}.png"
             img.save(out / split / name)
             images.append({"id": image_id, "file_name": name, "height": size, "width": size})
@@ -121,20 +124,32 @@ def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_object
 
 @describe("Shapes")
 def load_shapes(root: str | None, cache_dir: pathlib.Path, n_train: int = 400, n_test: int = 100,
-                image_size: int = 96, max_objects: int = 4, seed: int = 0) -> DetectionData:
-    """The shapes set of these parameters, generated into the cache on first use (root unused)."""
+                image_size: int = 96, max_objects: int = 4, seed: int = 0, max_overlap: float = 0.2,
+                min_radius: float = 0.1) -> DetectionData:
+    """The shapes set of these parameters, generated into the cache on first use (root unused).
+
+    ``max_overlap``: the largest IoU between two objects' boxes (0: no object hides part of
+    another); ``min_radius``: the smallest object radius as a share of ``image_size`` (the
+    largest is 0.25)."""
     params = {"n_train": n_train, "n_test": n_test, "image_size": image_size, "max_objects": max_objects,
               "seed": seed, "version": 2}
     for key in ("n_train", "n_test", "image_size", "max_objects"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ValueError(f"shapes: {key} must be an integer >= 1, got {params[key]!r}")
+    if not 0 <= max_overlap < 1:
+        raise ValueError(f"shapes: max_overlap must be in [0, 1), got {max_overlap!r}")
+    if not 0 < min_radius <= MAX_RADIUS:
+        raise ValueError(f"shapes: min_radius must be in (0, {MAX_RADIUS}], got {min_radius!r}")
+    # named only when not the default, so the sets generated before these parameters keep their folder
+    params.update({k: v for k, v in (("max_overlap", max_overlap), ("min_radius", min_radius))
+                   if v != {"max_overlap": 0.2, "min_radius": 0.1}[k]})
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     where = pathlib.Path(cache_dir) / "data" / f"shapes-{digest}"
     if not (where / "annotations" / "instances_val2017.json").is_file():
         where.parent.mkdir(parents=True, exist_ok=True)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=".shapes-", dir=where.parent))
         try:
-            generate(tmp, n_train, n_test, image_size, max_objects, seed)
+            generate(tmp, n_train, n_test, image_size, max_objects, seed, max_overlap, min_radius)
             try:
                 os.rename(tmp, where)
             except OSError:  # another process wrote it first: theirs is identical
