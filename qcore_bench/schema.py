@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from .recipes import MAX_EPOCHS, NUMBER, WHOLE, Recipe, Strict
 from .wandb_log import WandbCfg
@@ -153,10 +153,15 @@ def listify(v: Any) -> Any:
     return v if isinstance(v, list) else [v]
 
 
+def _checked_bits(text: str) -> str:
+    parse_bits(text)
+    return text
+
+
 class Grid(Strict):
     dataset: Annotated[list[DatasetSpec], Field(min_length=1)]
     model: Annotated[list[ModelSpec], Field(min_length=1)]
-    bits: Annotated[list[str], Field(min_length=1)]
+    bits: Annotated[list[Annotated[str, AfterValidator(_checked_bits)]], Field(min_length=1)]  # errors name bits[i]
     fraction: Annotated[list[Annotated[float, NUMBER, Field(gt=0, le=1)]], Field(min_length=1)]
     noise: Annotated[list[NoiseSpec], Field(min_length=1)] = [NoiseSpec(kind="none")]
     method: Annotated[list[MethodSpec], Field(min_length=1)]
@@ -166,13 +171,6 @@ class Grid(Strict):
     @classmethod
     def _wrap(cls, v: Any) -> Any:
         return listify(v)
-
-    @field_validator("bits", mode="after")
-    @classmethod
-    def _bits(cls, values: list[str]) -> list[str]:
-        for v in values:
-            parse_bits(v)
-        return values
 
 
 class SlurmCfg(Strict):

@@ -266,7 +266,7 @@ GRID = ("grid:\n  dataset: {name: synthetic, params: {n_train: 256, n_test: 128,
     (TINY_YAML.replace("epochs: 4", "epochs: 1.0e+9") + GRID + "  fraction: [0.1]\n",
      "train.epochs: input should be less than or equal to 100000"),
     (TINY_YAML + GRID.replace("'2/32'", "'２/32'") + "  fraction: [0.1]\n",
-     "grid.bits: expected W/A with ASCII digits, e.g. 2/32, got '２/32'"),
+     "grid.bits[0]: expected W/A with ASCII digits, e.g. 2/32, got '２/32'"),
     (TINY_YAML + "device: tpu\n" + GRID + "  fraction: [0.1]\n",
      "device: expected cpu, cuda, cuda:N or auto, got 'tpu'"),
     (TINY_YAML + GRID.replace("[random]", "[{name: random, selector: acs}]") + "  fraction: [0.1]\n",
@@ -293,6 +293,17 @@ def test_unreadable_includes_and_folders_for_files(tmp_path: Path) -> None:
                         ("folder.yaml", "folder.yaml: include: a folder, not a suite file")):
         one_line_exit_2(run("validate", str(suite_text(tmp_path, f"include: {inc}\n", "top.yaml"))), needle)
     one_line_exit_2(run("validate", str(tmp_path / "folder.yaml")), "folder.yaml: a folder, not a suite file")
+
+
+def test_a_file_where_a_results_or_output_folder_is_meant(tmp_path: Path) -> None:
+    suite, afile = write_suite(tmp_path / "s.yaml"), tmp_path / "notes.txt"
+    afile.write_text("mine\n")
+    for args, needle in ((("run", str(suite), "--results", str(afile)), f"--results {afile}: expected a folder"),
+                         (("table", "--results", str(afile)), f"--results {afile}: expected a folder"),
+                         (("plot", "--results", str(tmp_path), "--out", str(afile)), f"--out {afile}: expected a folder"),
+                         (("compare", str(afile), str(tmp_path)), f"FOLDER_A {afile}: expected a folder")):
+        one_line_exit_2(run(*args), needle)
+    assert afile.read_text() == "mine\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

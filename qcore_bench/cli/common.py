@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import fnmatch
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from ..suite import Cell, SuiteError, expand, load_suite
 
-RESULTS = click.option("--results", "results", default="results", show_default=True,
-                       type=click.Path(file_okay=False), help="Results folder (the source of truth).")
-
 
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def folder(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A folder option or argument: an existing file there is one line, exit 2 (not click's usage text)."""
+    if value is not None and Path(value).exists() and not Path(value).is_dir():
+        fail(f"{param.opts[0] if param.param_type_name == 'option' else param.name.upper()} {value}: "
+             f"expected a folder, got a file")
+    return value
+
+
+RESULTS = click.option("--results", "results", default="results", show_default=True, callback=folder,
+                       help="Results folder (the source of truth).")
 
 
 def suite_cells(suite_path: str, overrides: tuple[str, ...], only: str | None = None,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import RESULTS, fail, suite_cells
+from .common import RESULTS, fail, folder, suite_cells
 
 REPORT_OPTIONS = [
     click.option("--suite", "suite_name", default=None,
@@ -79,7 +79,7 @@ def _out(out: str | None, results: str, suite_name: str | None, df: Any) -> Path
 
 @click.command()
 @RESULTS
-@click.option("--out", default=None, type=click.Path(file_okay=False),
+@click.option("--out", default=None, callback=folder,
               help="Folder for tables and plots [RESULTS/tables-SUITE: beside a committed copy, never over it].")
 @_report_options
 @click.option("--format", "formats", default="md,tex,csv", show_default=True, help="Comma-separated: md, tex, csv.")
@@ -116,7 +116,7 @@ def table(results: str, out: str | None, suite_name: str | None, metric: str, fo
 
 @click.command()
 @RESULTS
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for the plots [RESULTS/tables-SUITE].")
+@click.option("--out", default=None, callback=folder, help="Folder for the plots [RESULTS/tables-SUITE].")
 @_report_options
 def plot(results: str, out: str | None, suite_name: str | None, metric: str) -> None:
     """Plots only: accuracy vs fraction, vs noise, vs cost; noisy share of the subsets over epochs."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import RESULTS, fail
+from .common import RESULTS, fail, folder
 
 
 @click.command()
@@ -34,8 +34,8 @@ def show(cell: str, results: str, log_lines: int) -> None:
 
 
 @click.command()
-@click.argument("folder_a", type=click.Path(file_okay=False))
-@click.argument("folder_b", type=click.Path(file_okay=False))
+@click.argument("folder_a", callback=folder)
+@click.argument("folder_b", callback=folder)
 @click.option("--tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Accuracy points two runs of a cell may differ by (final, best, any epoch) and still agree.")
 @click.option("--all", "every", is_flag=True, help="A row for every shared cell, identical ones included.")
