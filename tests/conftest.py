@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -33,11 +34,14 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Session-wide, so module-scoped fixtures that run suites cache under pytest's temp folder too,
+    never in the user's ~/.cache/qcore-bench."""
     cache = tmp_path_factory.getbasetemp() / "qcore-cache"
-    monkeypatch.setenv("QCORE_CACHE", str(cache))
-    return cache
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QCORE_CACHE", str(cache))
+        yield cache
 
 
 def write_suite(path: Path, data: dict | None = None, **grid: object) -> Path:

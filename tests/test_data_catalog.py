@@ -66,3 +66,13 @@ def test_checks_find_missing_and_malformed_roots_without_loading(tmp_path: Path,
     with pytest.raises(DatasetError, match=r"^cifar10: not found \(or corrupted\) in .*cifar-10-batches-py") as err:
         check_dataset("cifar10", None, {})
     assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def module_cache() -> Path:
+    return cache_dir()
+
+
+def test_module_fixtures_cache_in_the_test_folder_not_the_users(module_cache: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    assert module_cache == tmp_path_factory.getbasetemp() / "qcore-cache"
