@@ -1,7 +1,7 @@
 """Detection benchmarks: per-image ACS selection against the student-forward floor, and the RetinaNet
 LSQ QAT training step against the full-precision one.
 
-    python benchmarks/detection.py           # shapes, 400 images of 64 px, retinanet_small as in detection_cpu
+    python benchmarks/detection.py           # shapes, 400 images of 64 px, data and retinanet_small as in detection_cpu
     python benchmarks/detection.py --model retinanet_resnet18_fpn --params '{}' --size 512 --n 200 --device cuda
 
 * Floor: one eval-mode, no-grad forward pass of the W4/A4 student (backbone, FPN and head, the part
@@ -56,7 +56,8 @@ def main() -> None:
     dev = torch.device(args.device)
     print(hardware_line())
     with tempfile.TemporaryDirectory() as tmp:
-        data = load_shapes(None, Path(tmp), n_train=args.n, n_test=8, image_size=args.size)
+        data = load_shapes(None, Path(tmp), n_train=args.n, n_test=8, image_size=args.size, max_overlap=0.0,
+                           min_radius=0.15)  # the objects of detection_cpu
         for i in range(data.n_train):  # decode once, outside every timing
             data.image("train", i)
         arch = registry("models").get(args.model)

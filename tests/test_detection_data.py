@@ -17,7 +17,7 @@ from qcore_bench.data.shapes import CAT_IDS, load_shapes
 from qcore_bench.models.retinanet import build_detector, retinanet_small
 from qcore_bench.selection import reduce_per_image
 from qcore_bench.seeding import make_generator
-from qcore_bench.tasks.detection.steps import anchor_terms, coco_map, teacher_anchors
+from qcore_bench.tasks.detection.steps import anchor_terms, coco_map, images, match_anchors, teacher_anchors
 
 COCO_TINY = Path.home() / ".cache" / "qcore-bench" / "data" / "coco-tiny"
 needs_coco_tiny = pytest.mark.skipif(not (COCO_TINY / "annotations").is_dir(), reason="coco-tiny not extracted")
@@ -163,6 +163,24 @@ def test_scores_have_one_value_per_image_and_do_not_depend_on_image_order(shapes
                "evs_top": pterms.evs(0.5, "topk", 4)}
     for key, s in scores.items():
         assert torch.allclose(pscores[key], s[perm], atol=1e-5), key
+
+
+def test_batched_matching_is_retinanets_own_per_image(shapes: DetectionData) -> None:
+    """The scoring pass matches a batch's anchors in one go: it must give what RetinaNet's matcher
+    gives image by image (thresholds, low-quality matches), for images without boxes too."""
+    model = build_detector(retinanet_small, shapes.num_classes, torch.Generator().manual_seed(0))
+    anchors = model.anchor_generator(model.transform(images(shapes, "train", [0], torch.device("cpu")))[0],
+                                     [torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)])[0]
+    g = torch.Generator().manual_seed(5)
+    boxes = [shapes.train.boxes[i] for i in range(12)] + [torch.zeros(0, 4)]
+    corner = torch.rand(40, 2, generator=g) * 56  # boxes of every overlap with the anchors, ties among them
+    boxes += [torch.cat([corner, corner + 2 + torch.rand(40, 2, generator=g) * 30], 1)[k::4] for k in range(4)]
+    matches = match_anchors(model, boxes, anchors)
+    for b, bx in enumerate(boxes):
+        own = model.proposal_matcher(box_iou(bx, anchors)) if len(bx) else torch.full((len(anchors),), -1)
+        assert torch.equal(matches[b], own), b
+    assert (matches >= 0).sum() > 13 and (matches == -2).any()
+    assert torch.equal(match_anchors(model, [torch.zeros(0, 4)] * 2, anchors), torch.full((2, len(anchors)), -1))
 
 
 def test_bad_annotation_files_are_one_line_naming_file_and_key(tmp_path: Path) -> None:

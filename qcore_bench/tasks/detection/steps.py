@@ -139,6 +139,30 @@ def teacher_anchors(model: nn.Module, data: DetectionData, batch_size: int, devi
     return out
 
 
+def match_anchors(model: nn.Module, boxes: list[torch.Tensor], anchors: torch.Tensor) -> torch.Tensor:
+    """RetinaNet's own matching (its ``proposal_matcher``: IoU thresholds, low-quality matches kept)
+    of a batch of images that share ``anchors`` [A, 4], in one pass instead of one per image:
+    [B, A], the index of the box each anchor matches in its image's ``boxes``, negative for none."""
+    m = model.proposal_matcher
+    k = max((len(b) for b in boxes), default=0)
+    matches = torch.full((len(boxes), len(anchors)), m.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=anchors.device)
+    if k == 0:
+        return matches
+    padded = anchors.new_zeros(len(boxes), k, 4)
+    real = torch.zeros(len(boxes), k, dtype=torch.bool, device=anchors.device)
+    for b, bx in enumerate(boxes):
+        padded[b, :len(bx)], real[b, :len(bx)] = bx, True
+    iou = box_iou(padded, anchors).masked_fill_(~real[..., None], -1.0)  # [B, k, A]; padding never wins
+    best, matches = iou.max(dim=1)
+    nearest = matches.clone()
+    matches[best < m.low_threshold] = m.BELOW_LOW_THRESHOLD
+    matches[(best >= m.low_threshold) & (best < m.high_threshold)] = m.BETWEEN_THRESHOLDS
+    if m.allow_low_quality_matches:  # each box keeps its highest-IoU anchors (ties included)
+        b, _, a = torch.nonzero((iou == iou.max(dim=2, keepdim=True).values) & real[..., None], as_tuple=True)
+        matches[b, a] = nearest[b, a]
+    return matches
+
+
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return (torch.special.entr(p) + torch.special.entr(1 - p)).sum(dim=1)
 
@@ -160,23 +184,18 @@ def anchor_terms(model: nn.Module, data: DetectionData, labels: list[torch.Tenso
             parts["en"].append(_entropy(probs[cand[:, 0], cand[:, 1]]))
             parts["ni"].append(torch.as_tensor(idx, device=device)[cand[:, 0]])
             rows = torch.as_tensor(idx, device=device)  # the training index of each image of the batch
-            match: dict[str, list[torch.Tensor]] = {"b": [], "a": [], "y": [], "t": []}
-            for b, i in enumerate(idx):  # matching is per image (its own boxes); the terms are batched below
-                boxes, lab = data.train.boxes[i].to(device), labels[i].to(device)
-                if len(boxes):
-                    matched = model.proposal_matcher(box_iou(boxes, anchors[b]))
-                    pos = torch.nonzero(matched >= 0).flatten()
-                    gt = matched[pos]
-                    match["b"].append(torch.full_like(pos, b))
-                    match["a"].append(pos)
-                    match["y"].append(lab[gt])
-                    match["t"].append(model.box_coder.encode_single(boxes[gt], anchors[b][pos]))
-            if match["a"]:
-                bi, ai, y = torch.cat(match["b"]), torch.cat(match["a"]), torch.cat(match["y"])
+            boxes = [data.train.boxes[i].to(device) for i in idx]
+            matches = match_anchors(model, boxes, anchors[0])  # one size: every image has these anchors
+            bi, ai = torch.nonzero(matches >= 0, as_tuple=True)  # image by image, anchors in order
+            if len(bi):
+                first = torch.tensor([0] + [len(b) for b in boxes], device=device).cumsum(0)[:-1]
+                gt = first[bi] + matches[bi, ai]  # the matched box's row among the batch's boxes
+                y = torch.cat([labels[i] for i in idx]).to(device)[gt]
+                target = model.box_coder.encode_single(torch.cat(boxes)[gt], anchors[0][ai])
                 p = probs[bi, ai]
                 onehot = torch.zeros_like(p).scatter_(1, y[:, None], 1.0)
                 parts["ec"].append((p - onehot).norm(dim=1))
-                parts["eb"].append((reg[bi, ai] - torch.cat(match["t"])).abs().sum(dim=1))
+                parts["eb"].append((reg[bi, ai] - target).abs().sum(dim=1))
                 parts["ei"].append(rows[bi])
             if teacher is not None:
                 t = [teacher[i] for i in idx]
