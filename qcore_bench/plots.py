@@ -11,6 +11,7 @@ its legend says what the dashed line, the star and the shaded band are.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,20 @@ from .report import DETECTION_METRIC, GROUP, METRICS, method_order, title
 BAND = "shaded: ±1 std over seeds"
 
 
+MAX_PART = 48  # each part of a group's file name (data set, model, ...): a longer one is cut and hashed
+
+
+def _short(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+    if len(slug) <= MAX_PART:
+        return slug
+    return f"{slug[:MAX_PART - 11].rstrip('-')}-{hashlib.sha256(slug.encode()).hexdigest()[:10]}"
+
+
 def _slug(parts: tuple[Any, ...]) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(map(str, parts))).strip("-")
+    """The group as a file-name part, each of its parts at most MAX_PART characters: a data set with
+    many params must not push a name past the 255 bytes a file system allows."""
+    return "-".join(part for part in (_short(str(p)) for p in parts) if part)
 
 
 def _save(fig: Any, out: Path, name: str) -> list[Path]:

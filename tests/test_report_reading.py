@@ -79,3 +79,14 @@ def test_plots_explain_their_marks_in_one_order_with_readable_log_labels(tmp_pat
     assert noise["legend"][:4] == ["full", "random", "acs", "el2n"] and "shaded: ±1 std over seeds" in noise["legend"]
     (noisy,) = [f for name, f in figures.items() if name.startswith("noisy_")]
     assert noisy["legend"] == ["random", "acs", "el2n", "noise in the training set", "a selection"]
+
+
+def test_plot_file_names_stay_short_and_distinct_for_long_group_names() -> None:
+    """A data set with many params must not make a plot's file name pass the file system's 255 bytes."""
+    from qcore_bench.plots import MAX_PART, _slug
+
+    long = ("shapes(" + ",".join(f"p{i}={i}" for i in range(60)) + ")", "retinanet_small", "4/4", "clean")
+    other = (long[0].replace("p59=59", "p59=58"), *long[1:])
+    assert len(_slug(long)) <= MAX_PART + 30 and _slug(long).startswith("shapes-p0-0-p1-1-")
+    assert _slug(long).endswith("-retinanet-small-4-4-clean") and _slug(long) != _slug(other)
+    assert _slug(("digits", "resnet8", "2/32", "clean")) == "digits-resnet8-2-32-clean"  # short ones unchanged
