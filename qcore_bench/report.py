@@ -323,7 +323,8 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
         rows = []
         for f in sorted(g.loc[~g.full, "fraction"].unique()):
             part = pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]])
-            for method, m in part.groupby("method", sort=False):
+            for method in method_order(list(dict.fromkeys(part["method"])), set(part.loc[part.full, "method"]), vs):
+                m = part[part.method == method]
                 row = {"fraction": _fraction_label(f), "method": method}
                 for mode, label in (("per_epoch_fraction", "acc @ equal fraction"), ("total_compute", "acc @ equal compute")):
                     mm = m[m.budget == mode]

@@ -229,6 +229,24 @@ def test_regenerated_tables_and_plots_are_the_same_bytes(tmp_path: Path) -> None
     assert {n for n in outs[0] if n.endswith(".pdf")} and outs[0] == outs[1]
 
 
+def test_fair_md_of_a_detection_suite_runs_and_orders_rows_as_the_tables_do(tmp_path: Path) -> None:
+    """--fair with a detection suite used to stop on its equal-compute twin (detection refuses that mode);
+    without --suite, each block's rows came in store order, not full, random, then the others."""
+    repo = Path(__file__).resolve().parents[1]
+    results = str(repo / "results" / "detection_cpu")
+    suite = str(repo / "suites" / "detection_cpu_3seeds.yaml")
+    for args in (["--suite", suite], []):
+        out = tmp_path / str(len(args))
+        done = CliRunner().invoke(main, ["table", *args, "--results", results, "--out", str(out), "--fair"])
+        assert done.exit_code == 0, done.output
+        blocks = [[line.split("|")[1].split()[1] for line in block.splitlines() if line.startswith("| 10%")
+                   or line.startswith("| 30%")] for block in (out / "fair.md").read_text().split("### ")[1:]]
+        assert len(blocks) == 2 and all(len(b) == 8 for b in blocks)
+        for b in blocks:
+            assert b[:2] == ["full", "random"] and b[4:6] == ["full", "random"], b
+        assert "| – | – |" in (out / "fair.md").read_text()  # no equal-compute runs for detection
+
+
 def test_fair_report_names_map_for_detection_groups() -> None:
     """A detection group's numbers are mAP: fair.md must not call them top-1."""
     from qcore_bench.store import Store

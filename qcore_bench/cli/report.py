@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..suite import SuiteError, expand, load_suite
 from .common import RESULTS, fail, folder, suite_cells
 
 REPORT_OPTIONS = [
@@ -35,8 +36,12 @@ def _frame(results: str, suite_name: str | None, from_wandb: str | None = None, 
     else:
         store = Store(results)
         if suite_name and Path(suite_name).is_file():  # a suite file: its cells, whichever suite ran them first
-            modes = ("per_epoch_fraction", "total_compute") if both_modes else (None,)  # --fair: both budgets
-            cells = {c.id: c for mode in modes for c in suite_cells(suite_name, (f"budget.mode={mode}",) if mode else ())[1]}
+            cells = {c.id: c for c in suite_cells(suite_name, ("budget.mode=per_epoch_fraction",) if both_modes else ())[1]}
+            if both_modes:  # --fair: the equal-compute twins too, where the suite can have them (not detection)
+                try:
+                    cells.update((c.id, c) for c in expand(load_suite(suite_name, ["budget.mode=total_compute"])))
+                except SuiteError:
+                    pass
             stored = {r["id"]: r for r in store.records() if r["id"] in cells}
             # in the suite's order (methods as the suite lists them), data sets named as it names them
             df = frame(_named(stored[cid], cell.dataset.display) for cid, cell in cells.items() if cid in stored)
