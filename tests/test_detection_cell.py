@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from qcore_bench.cli import main
 from qcore_bench.store import Store
@@ -62,6 +63,26 @@ def test_a_tiny_detection_cell_runs_end_to_end_and_tables_show_map(tmp_path: Pat
     assert table.exit_code == 0, table.output
     assert "metric mAP" in table.output and "mAP@[.5:.95]" in table.output
     assert (tmp_path / "t" / "tables.md").is_file()
+    strip = tmp_path / "acs.png"
+    drawn = CliRunner().invoke(main, ["picture", runs["acs"]["id"][:6], str(strip), "--results", str(results),
+                                      "--images", "2", "--min-score", "0"])
+    assert drawn.exit_code == 0, drawn.output
+    with Image.open(strip) as img:  # two 48-px test images drawn 3x, 4 px apart
+        assert img.size == (2 * 48 * 3 + 4, 48 * 3) and img.getextrema() != ((0, 0),) * 3
+    (results / "runs" / runs["acs"]["id"] / "ckpt.pt").unlink()  # as in a committed store
+    again = CliRunner().invoke(main, ["picture", runs["acs"]["id"], str(strip), "--results", str(results)])
+    assert again.exit_code == 2 and "has no checkpoint" in again.output and again.output.count("\n") == 1
+
+
+def test_picture_refuses_what_it_cannot_draw_in_one_line(tmp_path: Path) -> None:
+    quickstart = Path(__file__).resolve().parents[1] / "results" / "quickstart"
+    cid = sorted(p.name for p in (quickstart / "runs").iterdir())[0]
+    for results, cell, needle in ((quickstart, cid, f"cell {cid} is a classification cell"),
+                                  (quickstart, "zzz", "no stored cell has an id starting with 'zzz'"),
+                                  (tmp_path, cid, "no runs/ folder")):
+        out = CliRunner().invoke(main, ["picture", cell, str(tmp_path / "p.png"), "--results", str(results)])
+        assert out.exit_code == 2 and out.output.count("\n") == 1 and needle in out.output, out.output
+    assert not (tmp_path / "p.png").exists()
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -17,7 +17,7 @@ import click
 from ..allocator import keep_freed_memory
 from .plan import ls, plan, validate
 from .report import plot, sync, table
-from .results import compare, show
+from .results import compare, picture, show
 from .run import run, run_cell_cmd
 
 
@@ -52,5 +52,5 @@ def main() -> None:
 
 
 
-for command in (run, run_cell_cmd, validate, plan, ls, show, compare, table, plot, sync):
+for command in (run, run_cell_cmd, validate, plan, ls, show, picture, compare, table, plot, sync):
     main.add_command(command)

@@ -1,4 +1,5 @@
-"""``show`` (one stored cell in full) and ``compare`` (two results folders cell by cell)."""
+"""``show`` (one stored cell in full), ``picture`` (a detection cell's boxes) and ``compare`` (two results
+folders cell by cell)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,33 @@ def show(cell: str, results: str, log_lines: int) -> None:
     except CellNotFound as exc:
         fail(str(exc))
     click.echo(render_cell(store, cid, log_lines), nl=False)
+
+
+@click.command()
+@click.argument("cell")
+@click.argument("out", type=click.Path(dir_okay=False))
+@RESULTS
+@click.option("--images", type=click.IntRange(min=1), default=6, show_default=True, help="Test images in the strip.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Draw the detections scoring at least this.")
+def picture(cell: str, out: str, results: str, images: int, min_score: float) -> None:
+    """A detection cell's final student on its first test images: predicted boxes (class, score) in
+    colour, the ground truth in white, as one PNG strip. CELL as for `show`.
+    """
+    from ..files import atomic_write
+    from ..show import CellNotFound, find_cell
+    from ..store import Store
+    from ..tasks.detection.picture import PictureError, picture as draw_cell
+
+    store = Store(results)
+    if not store.runs.is_dir():
+        fail(f"{results}: no runs/ folder; expected a results folder (--results)")
+    try:
+        strip = draw_cell(store.dir(find_cell(store, cell)), images, min_score)
+    except (CellNotFound, PictureError) as exc:
+        fail(str(exc))
+    atomic_write(Path(out), lambda f: strip.save(f, format="PNG"), mode="wb")  # type: ignore[attr-defined]
+    click.echo(out)
 
 
 @click.command()

@@ -1,7 +1,7 @@
 """A picture of a detection cell's predictions: its final student on a few test images, predicted
 boxes (with class and score) beside the ground truth, so a reader sees what an mAP means.
 
-    python -m qcore_bench.tasks.detection.picture RESULTS CELL_ID OUT.png [--images 6] [--min-score 0.3]
+    qcore-bench picture CELL OUT.png [--results R] [--images 6] [--min-score 0.3]
 
 It reads the cell's ``cell.json`` and its last checkpoint (``ckpt.pt``, kept beside the results
 until the cell's folder is cleaned), rebuilds the quantized student exactly as the run built it,
@@ -10,7 +10,6 @@ and draws with PIL.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ...quant import quantize_model
 from ...registry import registry
 from ...runtime import load_data
 from ...cells import Cell
+from .. import dataset_task
 from .steps import images
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
@@ -61,24 +61,24 @@ def draw(data: DetectionData, student: torch.nn.Module, count: int, min_score: f
     return strip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path)
-    parser.add_argument("cell_id")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--min-score", type=float, default=0.3)
-    args = parser.parse_args()
-    folder = args.results / "runs" / args.cell_id
-    cell = Cell.model_validate(json.loads((folder / "cell.json").read_text())["config"])
-    data = load_data(cell.dataset, cache_dir())
+class PictureError(ValueError):
+    """The cell cannot be drawn: not a detection cell, no checkpoint, too few test images."""
+
+
+def picture(folder: Path, count: int, min_score: float) -> object:
+    """The strip of the stored cell in ``folder``: its final student on the first ``count`` test images."""
+    record = json.loads((folder / "cell.json").read_text())
+    cell = Cell.model_validate(record["config"])
+    if (task := dataset_task(cell.dataset.name)) != "detection":
+        raise PictureError(f"cell {folder.name} is a {task} cell; pictures are drawn for detection cells")
+    if not (folder / "ckpt.pt").is_file():
+        raise PictureError(f"cell {folder.name} has no checkpoint ({folder / 'ckpt.pt'}): committed stores leave it "
+                           f"out; run it again (qcore-bench run SUITE --clear {folder.name}) to draw it")
+    data: DetectionData = load_data(cell.dataset, cache_dir())
+    if count > len(data.test):
+        raise PictureError(f"--images {count}: the test set has {len(data.test)} images")
     fp = build_detector(registry("models").get(cell.model), data.num_classes, torch.Generator(), cell.model_params)
     student = quantize_model(fp, cell.w_bits, cell.a_bits, **cell.quant.model_dump())
     state = torch.load(folder / "ckpt.pt", map_location="cpu", weights_only=False)
     student.load_state_dict(state["model"])
-    draw(data, student, args.images, args.min_score).save(args.out)
-    print(args.out)
-
-
-if __name__ == "__main__":
-    main()
+    return draw(data, student, count, min_score)
