@@ -9,6 +9,9 @@ from typing import Iterator
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
+
+from qcore_bench.cli import main
 
 TINY = {
     "name": "tiny",
@@ -49,3 +52,14 @@ def write_suite(path: Path, data: dict | None = None, **grid: object) -> Path:
     suite["grid"] = {**suite["grid"], **grid}
     path.write_text(yaml.safe_dump(suite))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny suite with full data and random, run to the end once per session: tests that damage or
+    extend a results folder work on a copy of it."""
+    tmp = tmp_path_factory.mktemp("tiny-results")
+    suite, results = write_suite(tmp / "s.yaml", method=["full", "random"]), tmp / "r"
+    out = CliRunner().invoke(main, ["run", str(suite), "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    return results

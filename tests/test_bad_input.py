@@ -157,27 +157,11 @@ def test_diverging_training_fails_the_cell_with_the_reason(tmp_path: Path) -> No
 # ------------------------------------------------------------------ results folder
 
 
-@pytest.fixture(scope="module")
-def finished_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results folder with two finished cells, trained once for the module."""
-    tmp = tmp_path_factory.mktemp("finished")
-    suite, results = write_suite(tmp / "s.yaml", method=["full", "random"]), tmp / "r"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # the cache every test of the session uses (conftest's private_cache), so the teacher is reused
-        out = CliRunner().invoke(main, ["run", str(suite), "--results", str(results)],
-                                 env={"QCORE_CACHE": str(tmp_path_factory.getbasetemp() / "qcore-cache")})
-    finally:
-        torch.set_num_threads(threads)
-    assert out.exit_code == 0, out.output
-    return results
-
-
 @pytest.fixture
-def finished(tmp_path: Path, finished_once: Path) -> tuple[Path, Path, dict[str, dict]]:
+def finished(tmp_path: Path, tiny_results: Path) -> tuple[Path, Path, dict[str, dict]]:
     """A private copy of the finished results folder, and its suite."""
     suite, results = write_suite(tmp_path / "s.yaml", method=["full", "random"]), tmp_path / "r"
-    shutil.copytree(finished_once, results)
+    shutil.copytree(tiny_results, results)
     return suite, results, {r["config"]["method"]["name"]: r for r in Store(results).records()}
 
 

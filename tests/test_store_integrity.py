@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from conftest import write_suite
 
@@ -28,27 +27,11 @@ def run(*args: str) -> object:
     return CliRunner().invoke(main, [*args])
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two finished cells (full data and random), trained once for the module."""
-    tmp = tmp_path_factory.mktemp("integrity")
-    suite, results = write_suite(tmp / "s.yaml", method=METHODS), tmp / "r"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = CliRunner().invoke(main, ["run", str(suite), "--results", str(results)],
-                                 env={"QCORE_CACHE": str(tmp_path_factory.getbasetemp() / "qcore-cache")})
-    finally:
-        torch.set_num_threads(threads)
-    assert out.exit_code == 0, out.output
-    return results
-
-
 @pytest.fixture
-def store(tmp_path: Path, trained: Path) -> tuple[Path, Path, dict[str, Path]]:
+def store(tmp_path: Path, tiny_results: Path) -> tuple[Path, Path, dict[str, Path]]:
     """A private copy of the results, its suite, and each method's cell folder."""
     suite, results = write_suite(tmp_path / "s.yaml", method=METHODS), tmp_path / "r"
-    shutil.copytree(trained, results)
+    shutil.copytree(tiny_results, results)
     folders = {json.loads((d / "cell.json").read_text())["config"]["method"]["name"]: d
                for d in (results / "runs").iterdir()}
     return suite, results, folders
