@@ -58,6 +58,23 @@ def headline(result: dict[str, Any]) -> tuple[float, str]:
     return float(result.get("final_acc", float("nan"))), "acc"
 
 
+def close_epoch(state: dict[str, Any], line: dict[str, Any], model: Any, opt: Any, sched: Any, store: Any,
+                cell_id: str, *, metric: str, log_line: Callable[[dict[str, Any]], None] | None,
+                on_epoch: Callable[[int, int, float], None] | None, save: bool = True) -> None:
+    """The end of every task's epoch: its line into the history, what a resume needs checkpointed
+    (``save``: under DDP only rank 0 writes), then the logger and the progress callback (``line[metric]``)."""
+    epoch = state["epoch"]
+    state["history"].append(line)
+    state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict())
+    if save:
+        store.save_checkpoint(cell_id, state, line)
+        store.heartbeat(cell_id)
+    if log_line:
+        log_line(line)
+    if on_epoch:
+        on_epoch(epoch, state["epochs"], line[metric])
+
+
 def loop_totals(state: dict[str, Any], cell: Any, n: int) -> dict[str, Any]:
     """What every task's result says about its epoch loop (length, budget, cost, selections, training),
     from the loop state it checkpoints; ``n``: training-set size."""

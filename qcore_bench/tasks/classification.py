@@ -38,7 +38,7 @@ from ..store import Store
 from ..cells import Cell
 from ..teacher import OutputCache, get_teacher
 from ..training import autocast, evaluate, kd_loss, make_optimizer, make_scheduler, to_device, train_epoch
-from . import Task, loop_totals
+from . import Task, close_epoch, loop_totals
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -176,7 +176,7 @@ class Classification(Task):
                 state["units"]["proxy"] = TRAIN_UNITS * proxies.cost["samples"] + n * proxies.cost["runs"]
                 if cell.budget.mode == "total_compute":  # re-plan the run's length now that this selection's cost is known
                     spent = sum(state["units"].values())
-                    state["epochs"] = total = plan_epochs(
+                    state["epochs"] = plan_epochs(
                         epochs=cell.train.epochs, per_epoch=len(sel.indices), kd=kd.enabled, spent=spent,
                         per_selection=spent - units_before, due=selector.due, start=epoch)
                 state["selection_metrics"].append({"epoch": epoch, **ctx.metrics})
@@ -194,16 +194,8 @@ class Classification(Task):
             state["samples"] += len(state["subset"])
             state["units"]["train"] += train_units(len(state["subset"]), kd.enabled)
             line.update(self.evaluate(student, ddata, rt.eval_batch_size, shard=shard))
-            state["history"].append(line)
-            state.update(epoch=epoch + 1, model=student.state_dict(), optimizer=opt.state_dict(),
-                         scheduler=sched.state_dict())
-            if main:
-                store.save_checkpoint(cell.id, state, line)
-                store.heartbeat(cell.id)
-            if log_line:
-                log_line(line)
-            if on_epoch:
-                on_epoch(epoch, total, line["test_acc"])
+            close_epoch(state, line, student, opt, sched, store, cell.id, metric="test_acc", log_line=log_line,
+                        on_epoch=on_epoch, save=main)
 
         hist = state["history"]
         result = {

@@ -26,7 +26,7 @@ from ...selection import AnchorTerms, ProxyRecipe, SelectionContext, SelectionEr
 from ...store import Store
 from ...cells import Cell
 from ...training import make_optimizer, make_scheduler, to_device
-from .. import Task, loop_totals
+from .. import Task, close_epoch, loop_totals
 from .frozen import cached_teacher_anchors, get_teacher, train_proxy
 from .steps import anchor_terms, evaluate_map, images, train_pass
 
@@ -153,15 +153,8 @@ class Detection(Task):
             state["samples"] += len(state["subset"])
             state["units"]["train"] += train_units(len(state["subset"]), False)
             line.update(self.evaluate(student, data, bs, device=dev))
-            state["history"].append(line)
-            state.update(epoch=epoch + 1, model=student.state_dict(), optimizer=opt.state_dict(),
-                         scheduler=sched.state_dict())
-            store.save_checkpoint(cell.id, state, line)
-            store.heartbeat(cell.id)
-            if log_line:
-                log_line(line)
-            if on_epoch:
-                on_epoch(epoch, total, line["test_map"])
+            close_epoch(state, line, student, opt, sched, store, cell.id, metric="test_map", log_line=log_line,
+                        on_epoch=on_epoch)
 
         hist = state["history"]
         result = {
