@@ -27,6 +27,7 @@ from qcore_bench.data.coco import DetectionData, load_coco
 CLASSES = ("circle", "square", "triangle", "cross", "star")
 CAT_IDS = (1, 3, 5, 7, 9)  # gaps on purpose, as in COCO: the loader maps ids to classes
 MAX_RADIUS = 0.25  # the largest object radius, as a share of the image size
+DEFAULTS = {"max_overlap": 0.2, "min_radius": 0.1}  # the sets made before these were parameters
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -97,7 +98,7 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_objects: int, seed: int,
-             max_overlap: float = 0.2, min_radius: float = 0.1) -> None:
+             max_overlap: float, min_radius: float) -> None:
     """Write the COCO layout of a shapes set under ``out`` (train2017/, val2017/, annotations/)."""
     rng = np.random.default_rng(seed)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -124,8 +125,9 @@ def generate(out: pathlib.Path, n_train: int, n_test: int, size: int, max_object
 
 @describe("Shapes")
 def load_shapes(root: str | None, cache_dir: pathlib.Path, n_train: int = 400, n_test: int = 100,
-                image_size: int = 96, max_objects: int = 4, seed: int = 0, max_overlap: float = 0.2,
-                min_radius: float = 0.1) -> DetectionData:
+                image_size: int = 96, max_objects: int = 4, seed: int = 0,
+                max_overlap: float = DEFAULTS["max_overlap"],
+                min_radius: float = DEFAULTS["min_radius"]) -> DetectionData:
     """The shapes set of these parameters, generated into the cache on first use (root unused).
 
     ``max_overlap``: the largest IoU between two objects' boxes (0: no object hides part of
@@ -141,8 +143,7 @@ def load_shapes(root: str | None, cache_dir: pathlib.Path, n_train: int = 400, n
     if not 0 < min_radius <= MAX_RADIUS:
         raise ValueError(f"shapes: min_radius must be in (0, {MAX_RADIUS}], got {min_radius!r}")
     # named only when not the default, so the sets generated before these parameters keep their folder
-    params.update({k: v for k, v in (("max_overlap", max_overlap), ("min_radius", min_radius))
-                   if v != {"max_overlap": 0.2, "min_radius": 0.1}[k]})
+    params.update({k: v for k, v in (("max_overlap", max_overlap), ("min_radius", min_radius)) if v != DEFAULTS[k]})
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     where = pathlib.Path(cache_dir) / "data" / f"shapes-{digest}"
     if not (where / "annotations" / "instances_val2017.json").is_file():
