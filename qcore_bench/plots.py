@@ -94,7 +94,7 @@ def plot_all(df: pd.DataFrame, histories: dict[str, list[dict[str, Any]]], out: 
         return []
     col, paths = METRICS[metric], []
     full = set(df.loc[df.full, "method"])
-    order = method_order(list(dict.fromkeys(df["method"])), full, vs)
+    order = method_order(df, vs)
     palette = plt.get_cmap("tab10")
     colors = {m: "k" if m in full else palette(i % 10) for i, m in enumerate(order)}  # the same in every figure
     band = (Patch(color="grey", alpha=0.2), BAND)

@@ -221,8 +221,10 @@ def summarize(df: pd.DataFrame, metric: str = "final", vs: str = "random") -> pd
     return long
 
 
-def method_order(methods: list[str], full: set[str], vs: str = "random") -> list[str]:
-    """Full-data rows first, then the reference, then the others as they come: one order for tables and legends."""
+def method_order(df: pd.DataFrame, vs: str = "random") -> list[str]:
+    """The methods of ``df``: full-data rows first, then the reference, then the others as they come; one
+    order for tables, fair.md and legends."""
+    methods, full = list(dict.fromkeys(df["method"])), set(df.loc[df.full, "method"])
     first = [m for m in methods if m in full] + [m for m in methods if m == vs and m not in full]
     return list(dict.fromkeys([*first, *methods]))
 
@@ -235,7 +237,7 @@ def _entry(r: pd.Series) -> str:
 def grid(long: pd.DataFrame, value: str, vs: str = "random") -> pd.DataFrame:
     """methods x fractions of one group, entries from column ``value`` (already text)."""
     cols = [_fraction_label(f) for f in sorted(long["fraction"].unique())]
-    methods = method_order(list(dict.fromkeys(long["method"])), set(long.loc[long.full, "method"]), vs)
+    methods = method_order(long, vs)
     table = pd.DataFrame("–", index=methods, columns=cols, dtype=object)
     for _, r in long.iterrows():
         table.at[r["method"], _fraction_label(r["fraction"])] = r[value]
@@ -323,7 +325,7 @@ def fair_report(df: pd.DataFrame, vs: str = "random") -> str:
         rows = []
         for f in sorted(g.loc[~g.full, "fraction"].unique()):
             part = pd.concat([g[g.full], g[(~g.full) & (g.fraction == f)]])
-            for method in method_order(list(dict.fromkeys(part["method"])), set(part.loc[part.full, "method"]), vs):
+            for method in method_order(part, vs):
                 m = part[part.method == method]
                 row = {"fraction": _fraction_label(f), "method": method}
                 for mode, label in (("per_epoch_fraction", "acc @ equal fraction"), ("total_compute", "acc @ equal compute")):

@@ -4,10 +4,25 @@ folders cell by cell)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .common import RESULTS, fail, folder
+
+
+def _stored_cell(results: str, cell: str) -> tuple[Any, str]:
+    """The store of ``results`` and the id of the one stored cell CELL names; else one line, exit 2."""
+    from ..show import CellNotFound, find_cell
+    from ..store import Store
+
+    store = Store(results)
+    if not store.runs.is_dir():
+        fail(f"{results}: no runs/ folder; expected a results folder (--results)")
+    try:
+        return store, find_cell(store, cell)
+    except CellNotFound as exc:
+        fail(str(exc))
 
 
 @click.command()
@@ -21,16 +36,9 @@ def show(cell: str, results: str, log_lines: int) -> None:
     CELL is an id, the start of one, or a label glob matching one cell, e.g.
     'digits/resnet8/w2a32/f0.1/clean/acs/s0'.
     """
-    from ..show import CellNotFound, find_cell, render_cell
-    from ..store import Store
+    from ..show import render_cell
 
-    store = Store(results)
-    if not store.runs.is_dir():
-        fail(f"{results}: no runs/ folder; expected a results folder (--results)")
-    try:
-        cid = find_cell(store, cell)
-    except CellNotFound as exc:
-        fail(str(exc))
+    store, cid = _stored_cell(results, cell)
     click.echo(render_cell(store, cid, log_lines), nl=False)
 
 
@@ -46,16 +54,12 @@ def picture(cell: str, out: str, results: str, images: int, min_score: float) ->
     colour, the ground truth in white, as one PNG strip. CELL as for `show`.
     """
     from ..files import atomic_write
-    from ..show import CellNotFound, find_cell
-    from ..store import Store
     from ..tasks.detection.picture import PictureError, picture as draw_cell
 
-    store = Store(results)
-    if not store.runs.is_dir():
-        fail(f"{results}: no runs/ folder; expected a results folder (--results)")
+    store, cid = _stored_cell(results, cell)
     try:
-        strip = draw_cell(store.dir(find_cell(store, cell)), images, min_score)
-    except (CellNotFound, PictureError) as exc:
+        strip = draw_cell(store.dir(cid), images, min_score)
+    except PictureError as exc:
         fail(str(exc))
     atomic_write(Path(out), lambda f: strip.save(f, format="PNG"), mode="wb")  # type: ignore[attr-defined]
     click.echo(out)
