@@ -130,20 +130,14 @@ def train_proxy(cell: Cell, recipe: ProxyRecipe, repeat: int, data: DetectionDat
 
     def train() -> ProxyRun:
         start = time.perf_counter()
-        if recipe.init == "teacher":
-            model = teacher
-        else:
-            arch = registry("models").get(cell.model)
-            model = to_device(build_detector(arch, data.num_classes, make_generator(cell.seed, "proxy-init", repeat),
-                                             cell.model_params), device)
+        arch = registry("models").get(cell.model)
+        model = to_device(build_detector(arch, data.num_classes, make_generator(cell.seed, "proxy-init", repeat),
+                                         cell.model_params), device)
+        if recipe.init == "teacher":  # a trainable copy: the teacher itself stays frozen
+            model.load_state_dict(teacher.state_dict())
         if recipe.quantized:
             model = to_device(quantize_model(model, cell.w_bits, cell.a_bits, **cell.quant.model_dump()), device)
             calibrate(model, images(data, "train", list(range(min(recipe.batch_size, data.n_train))), device))
-        elif model is teacher:
-            model = to_device(build_detector(registry("models").get(cell.model), data.num_classes,
-                                             make_generator(cell.seed, "proxy-init", repeat), cell.model_params),
-                              device)
-            model.load_state_dict(teacher.state_dict())
         for p in model.parameters():
             p.requires_grad_(True)
         samples = _fit(model, recipe, recipe.epochs, horizon, data, labels, device,
